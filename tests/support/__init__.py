@@ -1,0 +1,1 @@
+"""Test and benchmark support: free ports, RTP pcaps, loopback capture, audio checks, SIPp."""
