@@ -35,12 +35,37 @@ if [ -z "$src" ]; then src=$(fetch_debian_source); fi
 [ -f "$src/pjsip-apps/src/swig/pjsua2.i" ] || {
   echo "error: $src is not a pjproject source tree (no pjsip-apps/src/swig/pjsua2.i)" >&2; exit 1; }
 
-# Key: every source file's content, our config and this script.
+# Key: every source file's content, our config and the recipe below. Bump RECIPE whenever the
+# configure flags or build steps change, so cached builds made the old way are not reused.
+RECIPE=1
 key=$( (cd "$src" && find . -type f ! -path './.git/*' -print0 | sort -z | xargs -0 sha256sum;
-        sha256sum "$here/config_site.h" "$here/build-pjproject.sh") | sha256sum | cut -c1-16)
+        sha256sum "$here/config_site.h"; echo "recipe $RECIPE") | sha256sum | cut -c1-16)
 prefix="$cache/pjproject-$key"
+# The SWIG module depends on the Python it is compiled for: cached per interpreter.
+python=${PYTHON:-python3}
+case "$python" in */*) python=$(readlink -f "$python") ;; esac
+build_swig_module() {
+  local tag pyinc ext out
+  tag=$("$python" -c 'import sys,sysconfig;print(sys.implementation.cache_tag+"-"+sysconfig.get_config_var("EXT_SUFFIX").strip("."))')
+  out="$prefix/python/$tag"
+  [ -f "$out/.done" ] && return 0
+  pyinc=$("$python" -c 'import sysconfig;print(sysconfig.get_paths()["include"])')
+  ext=$("$python" -c 'import sysconfig;print(sysconfig.get_config_var("EXT_SUFFIX"))')
+  [ -f "$pyinc/Python.h" ] || { echo "error: no Python.h in $pyinc (install python3-dev)" >&2; exit 1; }
+  log "compiling the pjsua2 SWIG module for $tag"
+  mkdir -p "$out"
+  # RPATH (not RUNPATH) so the pjproject libraries find each other next to the module.
+  g++ -O2 -fPIC -shared -w -I"$pyinc" $(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --cflags libpjproject) \
+    "$prefix/swig/pjsua2_wrap.cpp" -o "$out/_pjsua2$ext" \
+    -L"$prefix/lib" -Wl,--no-as-needed $(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --libs libpjproject) \
+    -Wl,--disable-new-dtags -Wl,-rpath,'$ORIGIN/pjsua2.libs' || { echo "error: compiling _pjsua2 failed" >&2; exit 1; }
+  cp "$prefix/swig/pjsua2.py" "$out/pjsua2.py"
+  touch "$out/.done"
+}
+
 if [ -f "$prefix/.done" ]; then
   log "using cached pjproject build $prefix"
+  build_swig_module
   echo "$prefix"; exit 0
 fi
 
@@ -76,5 +101,6 @@ grep -q 'SWIG_PYTHON_THREADS' "$prefix/swig/pjsua2_wrap.cpp" || { echo "error: s
 cp version.mak "$prefix/version.mak"
 touch "$prefix/.done"
 rm -rf "$work"
+build_swig_module
 log "pjproject ready in $prefix"
 echo "$prefix"

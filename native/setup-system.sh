@@ -23,7 +23,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
-  build-essential pkg-config dpkg-dev swig python3-dev \
+  build-essential cmake pkg-config dpkg-dev swig python3-dev python3-venv \
   libopus-dev libssl-dev uuid-dev \
   sip-tester tcpdump espeak-ng sox >/dev/null
 touch "$stamp"

@@ -1,0 +1,112 @@
+/* _softswitch_native: softswitch's own C code that runs inside pjproject.
+ * FramePort (frameport.c) and thin conference-bridge helpers that work by slot id, so Python
+ * can connect any two bridge ports (calls, players, recorders, frame ports) without pjsua2
+ * AudioMedia objects for ports pjsua2 does not know. */
+#include "softswitch_native.h"
+
+int ss_is_pj_thread(void) { return pj_thread_is_registered() ? 1 : 0; }
+
+int ss_require_pj_thread(void) {
+    if (pjsua_get_state() != PJSUA_STATE_RUNNING && pjsua_get_state() != PJSUA_STATE_INIT &&
+        pjsua_get_state() != PJSUA_STATE_STARTING) {
+        PyErr_SetString(PyExc_RuntimeError, "the pjsua library is not running (call libCreate/libInit first)");
+        return -1;
+    }
+    if (!pj_thread_is_registered()) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "pjproject objects must be used from the UA thread (this thread is not registered with pjlib)");
+        return -1;
+    }
+    return 0;
+}
+
+PyObject *ss_raise_pj(const char *what, pj_status_t status) {
+    char msg[PJ_ERR_MSG_SIZE];
+    pj_strerror(status, msg, sizeof(msg));
+    PyErr_Format(PyExc_RuntimeError, "%s failed: %s (status %d)", what, msg, (int)status);
+    return NULL;
+}
+
+static PyObject *conf_connect(PyObject *self, PyObject *args) {
+    int src, dst;
+    double level = 1.0;
+    if (!PyArg_ParseTuple(args, "ii|d", &src, &dst, &level)) return NULL;
+    if (ss_require_pj_thread()) return NULL;
+    pj_status_t st = pjsua_conf_connect(src, dst);
+    if (st != PJ_SUCCESS) return ss_raise_pj("pjsua_conf_connect", st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *conf_disconnect(PyObject *self, PyObject *args) {
+    int src, dst;
+    if (!PyArg_ParseTuple(args, "ii", &src, &dst)) return NULL;
+    if (ss_require_pj_thread()) return NULL;
+    pj_status_t st = pjsua_conf_disconnect(src, dst);
+    if (st != PJ_SUCCESS && st != PJ_EINVAL) return ss_raise_pj("pjsua_conf_disconnect", st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *conf_adjust_levels(PyObject *self, PyObject *args) {
+    int slot;
+    double rx, tx;
+    if (!PyArg_ParseTuple(args, "idd", &slot, &rx, &tx)) return NULL;
+    if (ss_require_pj_thread()) return NULL;
+    pj_status_t st = pjsua_conf_adjust_rx_level(slot, (float)rx);
+    if (st == PJ_SUCCESS) st = pjsua_conf_adjust_tx_level(slot, (float)tx);
+    if (st != PJ_SUCCESS) return ss_raise_pj("pjsua_conf_adjust_level", st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *conf_max_ports(PyObject *self, PyObject *unused) {
+    return PyLong_FromUnsignedLong(pjsua_conf_get_max_ports());
+}
+
+static PyObject *conf_active_ports(PyObject *self, PyObject *unused) {
+    return PyLong_FromUnsignedLong(pjsua_conf_get_active_ports());
+}
+
+static PyObject *conf_listeners(PyObject *self, PyObject *arg) {
+    int slot = (int)PyLong_AsLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    if (ss_require_pj_thread()) return NULL;
+    pjsua_conf_port_info info;
+    pj_status_t st = pjsua_conf_get_port_info(slot, &info);
+    if (st != PJ_SUCCESS) return ss_raise_pj("pjsua_conf_get_port_info", st);
+    PyObject *list = PyList_New(info.listener_cnt);
+    for (unsigned i = 0; list && i < info.listener_cnt; i++)
+        PyList_SET_ITEM(list, i, PyLong_FromLong(info.listeners[i]));
+    return list;
+}
+
+static PyObject *limits(PyObject *self, PyObject *unused) {
+    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:s}", "max_calls", PJSUA_MAX_CALLS, "max_players",
+                         PJSUA_MAX_PLAYERS, "max_recorders", PJSUA_MAX_RECORDERS, "max_conf_ports",
+                         PJSUA_MAX_CONF_PORTS, "ioqueue_max_handles", PJ_IOQUEUE_MAX_HANDLES,
+                         "max_tsx", PJSIP_MAX_TSX_COUNT, "pj_version", PJ_VERSION);
+}
+
+static PyMethodDef methods[] = {
+    {"conf_connect", conf_connect, METH_VARARGS, "conf_connect(src_slot, dst_slot): audio flows src -> dst."},
+    {"conf_disconnect", conf_disconnect, METH_VARARGS, "conf_disconnect(src_slot, dst_slot)."},
+    {"conf_adjust_levels", conf_adjust_levels, METH_VARARGS, "conf_adjust_levels(slot, rx_level, tx_level)."},
+    {"conf_max_ports", conf_max_ports, METH_NOARGS, "Bridge capacity in ports."},
+    {"conf_active_ports", conf_active_ports, METH_NOARGS, "Ports currently on the bridge."},
+    {"conf_listeners", conf_listeners, METH_O, "Slots that receive audio from this slot."},
+    {"limits", limits, METH_NOARGS, "The compile-time limits of the pjproject build this module uses."},
+    {NULL}};
+
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_softswitch_native",
+                                       "softswitch's native media code, sharing pjproject with pjsua2.", -1, methods};
+
+PyMODINIT_FUNC PyInit__softswitch_native(void) {
+    if (PyType_Ready(&FramePortType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    Py_INCREF(&FramePortType);
+    if (PyModule_AddObject(m, "FramePort", (PyObject *)&FramePortType) < 0) {
+        Py_DECREF(&FramePortType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
