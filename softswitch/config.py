@@ -1,0 +1,680 @@
+"""softswitch's configuration: the schema of the YAML config file, its loader and its validator.
+
+The frozen dataclasses below *are* the schema: types, defaults, ranges and checks are declared
+once, on their fields, and one generic walker validates the YAML node tree against them, so that
+every problem is reported at once with its file and line. `load_config(None)` gives the built-in
+default (default_config.yaml), which `softswitch run` uses when no --config is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.resources
+import ipaddress
+import os
+import re
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+__all__ = [
+    "AiConfig",
+    "AiProvider",
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "Connection",
+    "Directories",
+    "ExtensionUser",
+    "Limits",
+    "LoggingConfig",
+    "MediaConfig",
+    "MetricsConfig",
+    "MissingSecretError",
+    "SipConfig",
+    "Trunk",
+    "default_config_text",
+    "load_config",
+    "parse_host_port",
+    "replace_path",
+    "with_overrides",
+]
+
+DEFAULT_CONFIG_NAME = "default_config.yaml"
+# Flow paths in the built-in default name the demo flows shipped in the repository's flows/.
+REPO_FLOWS_DIR = Path(__file__).resolve().parent.parent / "flows"
+
+
+# --- Errors -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a config file, located precisely enough to fix it without searching."""
+
+    file: str
+    line: int | None  # 1-based; None where there is no line (a CLI override, an unreadable file)
+    key: str  # dotted path such as "sip.udp_port" or "flows[0]"; "" for the whole document
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The config is invalid. `.issues` holds every problem found, not only the first."""
+
+    def __init__(self, issues: list[ConfigIssue]):
+        self.issues = list(issues)
+        plural = "" if len(self.issues) == 1 else "s"
+        lines = "\n".join(f"  {issue}" for issue in self.issues)
+        super().__init__(f"invalid configuration ({len(self.issues)} error{plural}):\n{lines}")
+
+
+class MissingSecretError(LookupError):
+    """A secret the config refers to (by environment variable) is not available when needed."""
+
+
+# --- Field rules: what a setting must satisfy beyond its type ---------------------------------
+
+
+@dataclass(frozen=True)
+class _Rule:
+    lo: int | None = None  # inclusive bounds for integers
+    hi: int | None = None
+    check: Callable[[Any], object] | None = None  # raises ValueError saying what is wrong
+    base: Literal["dirs", "flows"] = "dirs"  # what a relative path is relative to
+    must_exist: bool = False  # a path that must name an existing file
+    from_key: bool = False  # set from the entry's name in its parent mapping, not read from YAML
+
+
+_NO_RULE = _Rule()
+
+
+def _setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **rule: Any) -> Any:
+    return field(default=default, default_factory=factory, metadata={"rule": _Rule(**rule)})
+
+
+def _rule_of(f: dataclasses.Field) -> _Rule:
+    return f.metadata.get("rule", _NO_RULE)
+
+
+_HOST_RE = re.compile(r"[A-Za-z0-9_.-]+")
+_HOST_PORT_RE = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]{1,5})")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _ip_address(value: str) -> None:
+    ipaddress.ip_address(value)  # its ValueError reads "'x' does not appear to be an IPv4 or IPv6 address"
+
+
+def _host(value: str) -> None:
+    """A bare host name or IP address: SIP URIs, ports and user parts go in their own fields."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOST_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a bare host name or IP address (no scheme, user or port)") from None
+
+
+def _even(value: int) -> None:
+    if value % 2:
+        raise ValueError(f"must be even (RTP takes the even port of each pair, RTCP the odd one); got {value}")
+
+
+def _env_name(value: str) -> None:
+    # The value is never echoed: someone who pasted the key itself should not see it in logs.
+    if not _ENV_NAME_RE.fullmatch(value):
+        raise ValueError("must be the *name* of an environment variable (like OPENAI_API_KEY), not the key itself")
+
+
+def _url(value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https", "ws", "wss") or not parts.netloc:
+        raise ValueError(f"{value!r} is not an http(s):// or ws(s):// URL")
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """Split "127.0.0.1:9100" or "[::1]:9100" into host and port; ValueError if malformed."""
+    m = _HOST_PORT_RE.fullmatch(value)
+    if not m or not 1 <= int(m["port"]) <= 65535:
+        raise ValueError(f"{value!r} is not a host:port address like 127.0.0.1:9100")
+    return m["v6"] or m["host"], int(m["port"])
+
+
+# --- The schema ---------------------------------------------------------------------------------
+
+Transport = Literal["udp", "tcp"]
+Codec = Literal["PCMU", "PCMA", "G722", "opus", "L16", "telephone-event"]
+AiProfile = Literal["openai_realtime", "gemini_live", "generic"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SipConfig:
+    """Where softswitch listens for SIP and RTP, and what it tells peers about itself."""
+
+    listen_address: str = _setting("127.0.0.1", check=_ip_address)
+    advertised_address: str | None = _setting(None, check=_host)  # None: listen_address
+    udp_port: int = _setting(5060, lo=0, hi=65535)  # 0 disables UDP
+    tcp_port: int = _setting(5060, lo=0, hi=65535)  # 0 disables TCP
+    user_agent: str = "softswitch"
+    rtp_port_start: int = _setting(20000, lo=1024, hi=65000, check=_even)
+    rtp_port_count: int = _setting(4000, lo=2, hi=60000)
+    max_calls: int = _setting(1000, lo=1, hi=1024)  # PJSUA_MAX_CALLS in native/config_site.h
+    session_timers: bool = False
+
+    @property
+    def contact_address(self) -> str:
+        """The address put in Contact and SDP."""
+        return self.advertised_address or self.listen_address
+
+
+@dataclass(frozen=True, kw_only=True)
+class MediaConfig:
+    clock_rate: Literal[8000, 16000] = 8000
+    quality: int = _setting(4, lo=1, hi=10)
+    codecs: list[Codec] = field(default_factory=lambda: ["PCMU", "PCMA", "G722", "telephone-event"])
+    jitter_buffer_ms: int = _setting(60, lo=0, hi=1000)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Connection:
+    """A SIP server softswitch registers to or dials through (reference §2.5 "SIP Connection")."""
+
+    name: str = _setting("", from_key=True)
+    sip_server: str = _setting(check=_host)
+    port: int = _setting(5060, lo=1, hi=65535)
+    transport: Transport = "udp"
+    proxy_server: str | None = None
+    realm: str | None = None
+    username: str | None = None
+    password: str | None = None
+    public_domain: str | None = None  # host advertised in Contact/Via towards this server
+    register: bool = False
+    registration_expires: int = _setting(600, lo=60, hi=86400)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExtensionUser:
+    """Static credentials an extension registers with; all strings, so "1001" keeps its quotes."""
+
+    username: str
+    password: str
+    extension: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Trunk:
+    """A trunk recognised by the address calls come from, without any flow declaring it."""
+
+    name: str = _setting("", from_key=True)
+    address: str = _setting(check=_host)
+    port: int = _setting(0, lo=0, hi=65535)  # 0: any source port
+    connection: str | None = None  # name of a `connections` entry
+
+
+@dataclass(frozen=True, kw_only=True)
+class AiProvider:
+    """One AI voice provider profile. The key itself never sits in the config, only its variable."""
+
+    name: str = _setting("", from_key=True)
+    url: str | None = _setting(None, check=_url)  # None: the provider's public endpoint
+    api_key_env: str | None = _setting(None, check=_env_name)
+
+    def api_key(self, environ: Mapping[str, str] | None = None) -> str:
+        """The key, read now rather than at load time, so configs load where the key is absent."""
+        where = f"ai.providers.{self.name}.api_key_env"
+        if self.api_key_env is None:
+            raise MissingSecretError(f"no API key for AI provider {self.name!r}: set {where} in the config")
+        value = (os.environ if environ is None else environ).get(self.api_key_env)
+        if not value:
+            raise MissingSecretError(
+                f"environment variable {self.api_key_env} is not set (or empty); {where} names it as "
+                f"the API key of AI provider {self.name!r}"
+            )
+        return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class AiConfig:
+    providers: dict[AiProfile, AiProvider] = field(default_factory=dict)
+
+    def provider(self, profile: str) -> AiProvider:
+        """The settings of a profile; an unconfigured but known profile gets the defaults."""
+        if profile not in get_args(AiProfile):
+            raise ValueError(f"unknown AI provider profile {profile!r}; known: {', '.join(get_args(AiProfile))}")
+        return self.providers.get(profile) or AiProvider(name=profile)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Directories:
+    """Where softswitch reads prompts and writes recordings and state; absolute after loading."""
+
+    prompts: Path = Path("prompts")
+    recordings: Path = Path("recordings")
+    state: Path = Path("state")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoggingConfig:
+    level: LogLevel = "info"
+    format: LogFormat = "text"
+    file: Path | None = None  # None: stderr
+    pjsip_level: int = _setting(2, lo=0, hi=6)  # pjsua2 messages at or below it go to Python logging
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsConfig:
+    http_listen: str | None = _setting(None, check=parse_host_port)  # "host:port"; None: off
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        return None if self.http_listen is None else parse_host_port(self.http_listen)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    max_concurrent_calls: int = _setting(0, lo=0)  # 0: no limit
+    max_calls_per_second: int = _setting(0, lo=0)  # 0: no limit
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The whole configuration, validated; paths are absolute."""
+
+    sip: SipConfig = field(default_factory=SipConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
+    connections: dict[str, Connection] = field(default_factory=dict)
+    extension_users: dict[str, list[ExtensionUser]] = field(default_factory=dict)
+    trunks: dict[str, Trunk] = field(default_factory=dict)
+    ai: AiConfig = field(default_factory=AiConfig)
+    flows: list[Path] = _setting(factory=list, base="flows", must_exist=True)
+    directories: Directories = field(default_factory=Directories)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    limits: Limits = field(default_factory=Limits)
+
+
+def _cross_checks(config: Config) -> Iterator[tuple[str, str, tuple[str, ...]]]:
+    """Rules spanning several settings: (key to report, message, keys the rule reads).
+
+    A rule is not reported when one of the keys it reads already has an error of its own, since
+    the walker put a default in that key's place.
+    """
+    sip = config.sip
+    if sip.rtp_port_start + sip.rtp_port_count > 65536:
+        yield (
+            "sip.rtp_port_count",
+            f"rtp_port_start + rtp_port_count = {sip.rtp_port_start + sip.rtp_port_count} is above 65536",
+            ("sip.rtp_port_start", "sip.rtp_port_count"),
+        )
+    if sip.udp_port == 0 and sip.tcp_port == 0:
+        ports = ("sip.udp_port", "sip.tcp_port")
+        yield "sip.udp_port", "udp_port and tcp_port are both 0: enable at least one", ports
+    if not config.media.codecs:
+        yield "media.codecs", "no codec allowed: list at least one", ("media.codecs",)
+    # Entries the walker rejected are None here; they have been reported already.
+    for name, trunk in config.trunks.items():
+        if trunk is not None and trunk.connection is not None and trunk.connection not in config.connections:
+            known = ", ".join(config.connections) or "none defined"
+            key = f"trunks.{name}.connection"
+            yield key, f"no connection named {trunk.connection!r} (connections: {known})", (key,)
+    for set_name, users in config.extension_users.items():
+        first_index: dict[str, int] = {}
+        for i, user in enumerate(users or ()):
+            if user is None or user.username is None:
+                continue
+            first = first_index.setdefault(user.username, i)
+            if first != i:
+                key = f"extension_users.{set_name}[{i}].username"
+                yield key, f"duplicate username {user.username!r} (also at [{first}])", (key,)
+
+
+# --- The walker: YAML nodes checked against the schema -----------------------------------------
+
+_INVALID = object()  # what the walker returns for a value it has reported as wrong
+_YAML_TYPE_NAMES = {"int": "the integer", "float": "the number", "bool": "the boolean"}
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    if get_origin(tp) in (Union, types.UnionType):
+        rest = [a for a in get_args(tp) if a is not type(None)]
+        return rest[0], len(rest) < len(get_args(tp))
+    return tp, False
+
+
+def _expected(tp: Any) -> str:
+    if dataclasses.is_dataclass(tp) or get_origin(tp) is dict:
+        return "a mapping"
+    if get_origin(tp) is list:
+        return "a list"
+    if get_origin(tp) is Literal:
+        return _expected(type(get_args(tp)[0]))
+    names = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string", Path: "a path"}
+    return names[tp]
+
+
+def _tag_name(node: Node) -> str:
+    return node.tag.rsplit(":", 1)[-1]
+
+
+def _got(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    name = _tag_name(node)
+    if name == "null":
+        return "null"
+    if name == "str":
+        return f'the string "{node.value}"'
+    return f"{_YAML_TYPE_NAMES.get(name, name)} {node.value}"
+
+
+def _suggest(word: str, choices: Iterable[str]) -> list[str]:
+    choices = list(choices)
+    return [c for c in choices if c.lower() == word.lower()] or difflib.get_close_matches(word, choices, n=1)
+
+
+def _line(node: Node | None) -> int | None:
+    return None if node is None or node.start_mark is None else node.start_mark.line + 1
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _empty_mapping(at: Node) -> MappingNode:
+    return MappingNode("tag:yaml.org,2002:map", [], at.start_mark, at.end_mark)
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+class _Walker:
+    """Checks a YAML node tree against a type from the schema, building the typed value.
+
+    Every problem becomes an issue and the walk goes on: a wrong value is replaced by its
+    field's default (or None where there is none), so that one run reports everything.
+    """
+
+    def __init__(self, file: str, bases: Mapping[str, Path]):
+        self.file = file
+        self.bases = bases
+        self.issues: list[ConfigIssue] = []
+        self.key_lines: dict[str, int | None] = {}  # where each key (or list item) was written
+        self.bad_keys: set[str] = set()
+        self._constructor = yaml.constructor.SafeConstructor()
+
+    def error(self, where: Node | int | None, key: str, message: str) -> object:
+        line = where if isinstance(where, int) or where is None else _line(where)
+        self.issues.append(ConfigIssue(self.file, line, key, message))
+        self.bad_keys.add(key)
+        return _INVALID
+
+    def value(self, node: Node, tp: Any, rule: _Rule, key: str, name: str = "") -> Any:
+        tp, optional = _strip_optional(tp)
+        if _is_null(node):
+            if optional:
+                return None
+            # A section whose lines are all commented out is empty, not an error.
+            if get_origin(tp) is list:
+                return []
+            if get_origin(tp) is dict:
+                return {}
+            if dataclasses.is_dataclass(tp):
+                node = _empty_mapping(node)
+        if dataclasses.is_dataclass(tp):
+            return self.section(node, tp, key, name)
+        if get_origin(tp) is list:
+            return self.sequence(node, tp, rule, key)
+        if get_origin(tp) is dict:
+            return self.mapping(node, tp, rule, key)
+        return self.scalar(node, tp, rule, key)
+
+    def entries(self, node: Node, key: str) -> Iterator[tuple[str, Node, Node]]:
+        """The (name, key node, value node) of a mapping, with bad and repeated keys reported."""
+        seen: dict[str, Node] = {}
+        for knode, vnode in node.value:
+            if not isinstance(knode, ScalarNode):
+                self.error(knode, key, "a key must be a plain name, not a list or mapping")
+                continue
+            name = knode.value
+            if knode.tag != "tag:yaml.org,2002:str":
+                self.error(knode, _join(key, name), f"a key must be a string, not {_tag_name(knode)}; quote it")
+                continue
+            if name in seen:
+                self.error(knode, _join(key, name), f"duplicate key (first on line {_line(seen[name])})")
+                continue
+            seen[name] = knode
+            yield name, knode, vnode
+
+    def section(self, node: Node, cls: type, key: str, name: str) -> Any:
+        if not isinstance(node, MappingNode):
+            return self.error(node, key, f"expected a mapping, got {_got(node)}")
+        fields = {f.name: f for f in dataclasses.fields(cls) if not _rule_of(f).from_key}
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {f.name: name for f in dataclasses.fields(cls) if _rule_of(f).from_key}
+        for field_name, knode, vnode in self.entries(node, key):
+            path = _join(key, field_name)
+            f = fields.get(field_name)
+            if f is None:
+                close = _suggest(field_name, fields)
+                hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(fields)}"
+                self.error(knode, path, f"unknown key {field_name!r}; {hint}")
+                continue
+            self.key_lines[path] = _line(knode)
+            converted = self.value(vnode, hints[field_name], _rule_of(f), path)
+            if converted is not _INVALID:
+                values[field_name] = converted
+        for f in fields.values():
+            if f.name in values:
+                continue
+            # Defaults go through the same resolution as written values: paths become absolute.
+            if dataclasses.is_dataclass(hints[f.name]):
+                values[f.name] = self.section(_empty_mapping(node), hints[f.name], _join(key, f.name), "")
+            elif isinstance(f.default, Path):
+                values[f.name] = self.resolve(f.default, _rule_of(f))
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                path = _join(key, f.name)
+                if path not in self.bad_keys:  # not merely given a wrong value
+                    self.error(self.key_lines.get(key) or _line(node), path, "required setting is missing")
+                values[f.name] = None  # placeholder: this config is rejected anyway
+        return cls(**values)
+
+    def sequence(self, node: Node, tp: Any, rule: _Rule, key: str) -> Any:
+        if not isinstance(node, SequenceNode):
+            return self.error(node, key, f"expected a list, got {_got(node)}")
+        (item_type,) = get_args(tp)
+        items = []
+        for i, item in enumerate(node.value):
+            path = f"{key}[{i}]"
+            self.key_lines[path] = _line(item)
+            converted = self.value(item, item_type, rule, path)
+            items.append(None if converted is _INVALID else converted)  # keep indices stable
+        return items
+
+    def mapping(self, node: Node, tp: Any, rule: _Rule, key: str) -> Any:
+        if not isinstance(node, MappingNode):
+            return self.error(node, key, f"expected a mapping, got {_got(node)}")
+        key_type, value_type = get_args(tp)
+        result = {}
+        for name, knode, vnode in self.entries(node, key):
+            path = _join(key, name)
+            self.key_lines[path] = _line(knode)
+            if get_origin(key_type) is Literal and name not in get_args(key_type):
+                self.error(knode, path, f"{name!r} is not one of: {', '.join(get_args(key_type))}")
+                continue
+            converted = self.value(vnode, value_type, rule, path, name)
+            result[name] = None if converted is _INVALID else converted
+        return result
+
+    def scalar(self, node: Node, tp: Any, rule: _Rule, key: str) -> Any:
+        expected = _expected(tp)
+        if not isinstance(node, ScalarNode):
+            return self.error(node, key, f"expected {expected}, got {_got(node)}")
+        try:
+            value = self._constructor.construct_object(node)
+        except yaml.YAMLError as e:
+            return self.error(node, key, f"unreadable value: {e}")
+        choices = get_args(tp) if get_origin(tp) is Literal else ()
+        wanted = type(choices[0]) if choices else (str if tp is Path else tp)
+        # bool is a subclass of int, and "5060" is not a number: compare exact types.
+        if type(value) is not wanted and not (wanted is float and type(value) is int):
+            hint = ""
+            if wanted in (int, float) and isinstance(value, str):
+                hint = " (numbers are written without quotes)"
+            elif wanted is str and type(value) in (int, float, bool):
+                hint = f' (quote it: "{node.value}")'
+            return self.error(node, key, f"expected {expected}, got {_got(node)}{hint}")
+        if choices and value not in choices:
+            allowed = ", ".join(str(c) for c in choices)
+            close = _suggest(value, choices) if isinstance(value, str) else []
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            return self.error(node, key, f"{value!r} is not one of: {allowed}{hint}")
+        if rule.lo is not None and value < rule.lo or rule.hi is not None and value > rule.hi:
+            bounds = f">= {rule.lo}" if rule.hi is None else f"{rule.lo}..{rule.hi}"  # every hi has a lo
+            return self.error(node, key, f"{value} is out of range ({bounds})")
+        if rule.check is not None:
+            try:
+                rule.check(value)
+            except ValueError as e:
+                return self.error(node, key, str(e))
+        if tp is Path:
+            if not value:
+                return self.error(node, key, "expected a path, got an empty string")
+            value = self.resolve(Path(value), rule)
+            if rule.must_exist and not value.is_file():
+                return self.error(node, key, f"file not found: {value}")
+        return value
+
+    def resolve(self, path: Path, rule: _Rule) -> Path:
+        path = path.expanduser()
+        return path if path.is_absolute() else self.bases[rule.base] / path
+
+    def cross_check(self, config: Config) -> None:
+        for key, message, reads in _cross_checks(config):
+            if self.bad_keys.isdisjoint(reads):
+                line = next((self.key_lines[k] for k in (key, *reads) if k in self.key_lines), None)
+                self.issues.append(ConfigIssue(self.file, line, key, message))
+
+
+# --- Loading ------------------------------------------------------------------------------------
+
+
+def default_config_text() -> str:
+    """The built-in default config, as shipped in the package: `softswitch` prints it as a starter."""
+    return importlib.resources.files("softswitch").joinpath(DEFAULT_CONFIG_NAME).read_text(encoding="utf-8")
+
+
+def load_config(path: Path | None) -> Config:
+    """Load and validate a config file; None loads the built-in default.
+
+    Relative paths resolve against the file's directory, so a config means the same thing from
+    wherever softswitch is started. The built-in default has no directory of its own: its
+    directories resolve against the working directory and its flows against the repo's flows/.
+    Raises ConfigError listing every problem found.
+    """
+    if path is None:
+        source = str(importlib.resources.files("softswitch").joinpath(DEFAULT_CONFIG_NAME))
+        return _parse(default_config_text(), source, {"dirs": Path.cwd(), "flows": REPO_FLOWS_DIR})
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([ConfigIssue(str(path), None, "", f"cannot read config file: {e}")]) from None
+    base = path.absolute().parent
+    return _parse(text, str(path), {"dirs": base, "flows": base})
+
+
+def _parse(text: str, source: str, bases: Mapping[str, Path]) -> Config:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = None if mark is None else mark.line + 1
+        detail = f"{e.problem} ({e.context})" if e.context else str(e.problem)
+        raise ConfigError([ConfigIssue(source, line, "", f"YAML syntax error: {detail}")]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([ConfigIssue(source, None, "", f"YAML syntax error: {e}")]) from None
+    if root is None or _is_null(root):
+        message = "the document is empty; expected a mapping"
+        raise ConfigError([ConfigIssue(source, _line(root) or 1, "", message)])
+    if not isinstance(root, MappingNode):
+        message = f"expected a mapping at the top, got {_got(root)}"
+        raise ConfigError([ConfigIssue(source, _line(root), "", message)])
+    walker = _Walker(source, bases)
+    config = walker.section(root, Config, "", "")
+    walker.cross_check(config)
+    if walker.issues:
+        raise ConfigError(walker.issues)
+    return config
+
+
+# --- Overrides (tests, CLI flags) -----------------------------------------------------------------
+
+
+def replace_path(config: Config, path: str, value: Any) -> Config:
+    """A copy of `config` with one setting changed, e.g. replace_path(c, "sip.udp_port", 5071).
+
+    Path components are field names or mapping keys ("connections.pbx.port"). The new value goes
+    through the same checks as the file's values (relative paths resolve against the working
+    directory), and the cross-setting rules are checked again; ConfigError otherwise.
+    """
+    walker = _Walker("<override>", {"dirs": Path.cwd(), "flows": Path.cwd()})
+    new = _replace(config, path.split("."), path, value, walker)
+    if not walker.issues:  # a rejected value is no input for the cross-setting rules
+        walker.cross_check(new)
+    if walker.issues:
+        raise ConfigError(walker.issues)
+    return new
+
+
+def with_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
+    """replace_path for each "dotted.path": value pair, in order."""
+    for path, value in overrides.items():
+        config = replace_path(config, path, value)
+    return config
+
+
+def _replace(
+    obj: Any, parts: list[str], path: str, value: Any, walker: _Walker, tp: Any = None, rule: _Rule = _NO_RULE
+) -> Any:
+    if not parts:
+        return _checked(value, tp, rule, path, walker)
+    name, rest = parts[0], parts[1:]
+    if isinstance(obj, dict):
+        if name not in obj:
+            raise KeyError(f"{path}: no entry {name!r} (have: {', '.join(obj) or 'none'})")
+        value_type = get_args(_strip_optional(tp)[0])[1]
+        return {**obj, name: _replace(obj[name], rest, path, value, walker, value_type, rule)}
+    if not dataclasses.is_dataclass(obj):
+        raise KeyError(f"{path}: {name!r} is below a plain value")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    if name not in fields:
+        raise KeyError(f"{path}: no setting {name!r} (have: {', '.join(fields)})")
+    hint = get_type_hints(type(obj))[name]
+    new = _replace(getattr(obj, name), rest, path, value, walker, hint, _rule_of(fields[name]))
+    return dataclasses.replace(obj, **{name: new})
+
+
+def _checked(value: Any, tp: Any, rule: _Rule, path: str, walker: _Walker) -> Any:
+    """Run an override through the walker by representing it as the YAML it would be written as."""
+    plain = [str(v) if isinstance(v, Path) else v for v in value] if isinstance(value, list) else value
+    plain = str(plain) if isinstance(plain, Path) else plain
+    try:
+        node = yaml.SafeDumper(None).represent_data(plain)
+    except yaml.representer.RepresenterError:
+        return value  # a whole typed section: the caller built it from the schema's own classes
+    return walker.value(node, tp, rule, path)
