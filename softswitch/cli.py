@@ -1,0 +1,122 @@
+"""The `softswitch` command: run the server, check a config, print the version."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import yaml
+
+from . import __version__
+from .config import Config, ConfigError, load_config, with_overrides
+
+log = logging.getLogger("softswitch")
+
+EXIT_CONFIG = 2
+EXIT_STARTUP = 3
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load_config(Path(args.config) if args.config else None)
+    if args.set:
+        overrides: dict[str, object] = {}
+        for pair in args.set:
+            key, sep, raw = pair.partition("=")
+            if not sep or not key.strip():
+                raise SystemExit(f"error: --set expects KEY=VALUE, got {pair!r}")
+            overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            config = with_overrides(config, overrides)
+        except KeyError as exc:
+            raise SystemExit(f"error: --set: unknown setting {exc.args[0]!r}") from None
+    return config
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    source = args.config or "built-in default config"
+    print(f"{source}: OK ({len(config.flows)} flow files)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+
+    from .log import setup_logging
+    setup_logging(config.logging.level, config.logging.format, config.logging.file)
+
+    from .flow.welcome import WelcomeHandler
+    from .sip.endpoint import StartupError, UserAgent
+
+    record_dir = config.directories.recordings if args.record else None
+
+    def handler_factory(ua: UserAgent) -> WelcomeHandler:
+        return WelcomeHandler(ua, config.directories.prompts / "welcome.wav", record_dir)
+
+    ua = UserAgent(config, handler_factory)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        ua.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        ua.start()
+    except StartupError as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    log.info("ready")
+    while not ua.wait_stopped(0.5):
+        pass
+    ua.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="softswitch",
+        description="A SIP call-centre softswitch: registrar, trunks, flows, queues, recording, AI voice legs.")
+    parser.add_argument("--version", action="version", version=f"softswitch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", "-c", metavar="FILE", help="YAML config file (default: the built-in config)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one setting, e.g. --set sip.udp_port=5070 (repeatable)")
+
+    run = sub.add_parser("run", help="start the server (SIGINT/SIGTERM stop it gracefully)")
+    common(run)
+    run.add_argument("--record", action="store_true",
+                     help="record every call to directories.recordings (built-in welcome handler)")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate the config and flows without starting SIP")
+    common(check)
+    check.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Prompt players: a WAV file played into one or more bridge slots, with end-of-file delivered
+to the UA thread. The end-of-file callback runs on the bridge's clock thread, so it only posts
+a command; everything else happens on the UA loop."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import pjsua2 as pj
+
+from . import bridge
+
+if TYPE_CHECKING:
+    from ..sip.endpoint import UserAgent
+
+log = logging.getLogger("softswitch.media")
+
+
+class _EofPlayer(pj.AudioMediaPlayer):
+    def __init__(self, on_eof: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_eof = on_eof
+
+    def onEof2(self) -> None:  # clock thread: hand over, nothing else
+        try:
+            self._on_eof()
+        except Exception:
+            pass
+
+
+class PromptPlayer:
+    """Plays a file once (or looped) into bridge slots; `on_done` runs on the UA thread."""
+
+    def __init__(self, ua: "UserAgent", path: Path, *, loop: bool = False,
+                 on_done: Callable[["PromptPlayer"], None] | None = None) -> None:
+        self.ua = ua
+        self.path = Path(path)
+        self.loop = loop
+        self._on_done = on_done
+        self.finished = False
+        self._targets: list[int] = []
+        if not self.path.is_file():
+            raise FileNotFoundError(f"prompt file not found: {self.path}")
+        self._player = _EofPlayer(lambda: ua.call_soon(self._eof))
+        try:
+            self._player.createPlayer(str(self.path), 0 if loop else pj.PJMEDIA_FILE_NO_LOOP)
+        except pj.Error as exc:
+            raise ValueError(f"cannot play {self.path}: {exc.reason} (8/16 kHz mono 16-bit WAV expected)") from None
+        self.slot: int = self._player.getPortId()
+        ua.keep(self)
+
+    def play_to(self, slot: int) -> None:
+        bridge.connect(self.slot, slot)
+        self._targets.append(slot)
+
+    def stop(self) -> None:
+        """Stop now (no `on_done`); resources are freed on the next loop turn."""
+        if not self.finished:
+            self.finished = True
+            self.ua.release(self)
+
+    def _eof(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.ua.release(self)
+        if self._on_done is not None:
+            self._on_done(self)
+
+    def close(self) -> None:
+        self.finished = True
+        self._player = None  # pjsua2 destroys the player with its last reference

@@ -1,0 +1,241 @@
+"""Legs: one SIP call each, with an explicit lifecycle and typed events.
+
+A `Leg` is what the rest of softswitch talks to. It owns a `SipCall` (the pjsua2 `Call`
+subclass), keeps it referenced until the call is over, and turns pjsua2 callbacks into the
+events of `events.py`. States move only through `Leg._enter`, so the lifecycle
+(created → ringing → answered → ended) is in one place.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+from typing import TYPE_CHECKING, Callable
+
+import pjsua2 as pj
+
+from .events import LegAnswered, LegDtmf, LegEnded, LegEvent, LegMediaActive, LegProgress, LegRinging
+
+if TYPE_CHECKING:
+    from .endpoint import UserAgent
+
+log = logging.getLogger("softswitch.leg")
+
+_URI_USER = re.compile(r'^\s*(?:"?(?P<name>[^"<]*?)"?\s*)?<?(?P<scheme>sips?|tel):(?P<user>[^@;>]*)')
+
+
+class LegStatus(enum.Enum):
+    CREATED = "created"
+    RINGING = "ringing"
+    ANSWERED = "answered"
+    QUEUED = "queued"
+    CALLBACK = "callback"
+    ENDED = "ended"
+
+
+# Which states may follow which: anything else is a bug and is refused loudly.
+_TRANSITIONS = {
+    LegStatus.CREATED: {LegStatus.RINGING, LegStatus.ANSWERED, LegStatus.ENDED},
+    LegStatus.RINGING: {LegStatus.ANSWERED, LegStatus.ENDED},
+    LegStatus.ANSWERED: {LegStatus.QUEUED, LegStatus.ENDED},
+    LegStatus.QUEUED: {LegStatus.ANSWERED, LegStatus.CALLBACK, LegStatus.ENDED},
+    LegStatus.CALLBACK: {LegStatus.ENDED},
+    LegStatus.ENDED: set(),
+}
+
+
+def parse_party(uri: str) -> tuple[str, str]:
+    """(number, display name) from a From/To value such as `"Alice" <sip:1001@host>`."""
+    m = _URI_USER.match(uri or "")
+    if not m:
+        return "", ""
+    return m.group("user") or "", (m.group("name") or "").strip()
+
+
+class Leg:
+    def __init__(self, ua: "UserAgent", call: "SipCall", direction: str) -> None:
+        self.ua = ua
+        self.id = ua.new_leg_id()
+        self.direction = direction
+        self.call = call
+        self.status = LegStatus.CREATED
+        self.slot: int | None = None
+        self.end_reason: str | None = None
+        self._pending_end_reason: str | None = None
+        self._listeners: list[Callable[[LegEvent], None]] = []
+        self.call_id = ""
+        self.remote_uri = ""
+        self.local_uri = ""
+        call.leg = self
+
+    # ---- facts --------------------------------------------------------------------------
+    @property
+    def answered(self) -> bool:
+        return self.status in (LegStatus.ANSWERED, LegStatus.QUEUED)
+
+    @property
+    def ended(self) -> bool:
+        return self.status is LegStatus.ENDED
+
+    @property
+    def caller_number(self) -> str:
+        return parse_party(self.remote_uri if self.direction == "inbound" else self.local_uri)[0]
+
+    # ---- events -------------------------------------------------------------------------
+    def subscribe(self, listener: Callable[[LegEvent], None]) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def _publish(self, event: LegEvent) -> None:
+        for listener in list(self._listeners):
+            self.ua.guard(f"listener of {type(event).__name__}", listener, event)
+
+    def _enter(self, status: LegStatus) -> bool:
+        if status is self.status:
+            return False
+        if status not in _TRANSITIONS[self.status]:
+            log.warning("leg %s: ignoring transition %s -> %s", self.id, self.status.value, status.value)
+            return False
+        self.status = status
+        return True
+
+    # ---- actions (UA thread) ------------------------------------------------------------
+    def ringing(self) -> None:
+        if self.status is LegStatus.CREATED and self.direction == "inbound":
+            self.call.answer(_op(180))
+            self._enter(LegStatus.RINGING)
+            self._publish(LegRinging(self.id))
+
+    def answer(self) -> None:
+        if self.direction != "inbound" or self.answered or self.ended:
+            return
+        self.call.answer(_op(200))
+
+    def hangup(self, code: int = 200, reason: str = "hangup") -> None:
+        if self.ended:
+            return
+        self._pending_end_reason = reason
+        try:
+            self.call.hangup(_op(code if not self.answered else 200))
+        except pj.Error as exc:
+            log.debug("leg %s: hangup: %s", self.id, exc.info())
+
+    def destroy(self) -> None:
+        """Last resort at shutdown: drop the pjsua2 call object."""
+        self.call.leg = None
+        self.call = None  # type: ignore[assignment]
+
+    # ---- pjsua2 callbacks, forwarded by SipCall (UA thread) ----------------------------
+    def _on_state(self) -> None:
+        ci = self.call.getInfo()
+        self.call_id = ci.callIdString
+        self.remote_uri = ci.remoteUri
+        self.local_uri = ci.localUri
+        state = ci.state
+        if state == pj.PJSIP_INV_STATE_EARLY:
+            if self.direction == "outbound":
+                if ci.lastStatusCode == 183:
+                    self._publish(LegProgress(self.id))
+                elif self._enter(LegStatus.RINGING):
+                    self._publish(LegRinging(self.id))
+        elif state == pj.PJSIP_INV_STATE_CONFIRMED:
+            if self._enter(LegStatus.ANSWERED):
+                self._publish(LegAnswered(self.id))
+        elif state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            code = int(ci.lastStatusCode)
+            reason = self._pending_end_reason or ("remote_hangup" if code < 300 or self.answered else f"sip_{code}")
+            self.end_reason = reason
+            self.slot = None
+            if self._enter(LegStatus.ENDED):
+                self._publish(LegEnded(self.id, reason, code))
+            self.ua.call_soon(self._forget)
+
+    def _forget(self) -> None:
+        self.ua.legs.pop(self.id, None)
+        if self.call is not None:
+            self.call.leg = None
+        self._listeners.clear()
+
+    def _on_media_state(self) -> None:
+        ci = self.call.getInfo()
+        for mi in ci.media:
+            if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status in (pj.PJSUA_CALL_MEDIA_ACTIVE,
+                                                                   pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
+                slot = self.call.getAudioMedia(mi.index).getPortId()
+                if slot != self.slot:
+                    self.slot = slot
+                    self._publish(LegMediaActive(self.id, slot))
+                return
+
+    def _on_dtmf(self, digit: str, method: str) -> None:
+        self._publish(LegDtmf(self.id, digit, method))
+
+
+def _op(code: int) -> "pj.CallOpParam":
+    prm = pj.CallOpParam()
+    prm.statusCode = code
+    return prm
+
+
+_DTMF_METHODS = {0: "rfc2833", 1: "info"}
+
+
+class SipCall(pj.Call):
+    """The pjsua2 side of a leg: every callback is guarded and forwarded to the Leg."""
+
+    def __init__(self, ua: "UserAgent", account: pj.Account, call_id: int = pj.PJSUA_INVALID_ID) -> None:
+        super().__init__(account, call_id)
+        self.ua = ua
+        self.leg: Leg | None = None
+
+    def onCallState(self, prm) -> None:
+        if self.leg is not None:
+            self.ua.guard("onCallState", self.leg._on_state)
+
+    def onCallMediaState(self, prm) -> None:
+        if self.leg is not None:
+            self.ua.guard("onCallMediaState", self.leg._on_media_state)
+
+    def onDtmfDigit(self, prm) -> None:
+        if self.leg is not None:
+            self.ua.guard("onDtmfDigit", self.leg._on_dtmf, prm.digit, "rfc2833")
+
+    def onDtmfEvent(self, prm) -> None:  # pjproject >= 2.13 reports the method here instead
+        if self.leg is not None:
+            self.ua.guard("onDtmfEvent", self.leg._on_dtmf, prm.digit,
+                          _DTMF_METHODS.get(int(getattr(prm, "method", 0)), "rfc2833"))
+
+
+class LocalAccount(pj.Account):
+    """The account that receives every inbound INVITE (no registration of its own)."""
+
+    def __init__(self, ua: "UserAgent") -> None:
+        super().__init__()
+        self.ua = ua
+        cfg = ua.config.sip
+        public = cfg.advertised_address or cfg.listen_address
+        port = cfg.udp_port or cfg.tcp_port
+        acfg = pj.AccountConfig()
+        acfg.idUri = f"sip:softswitch@{public}:{port}"
+        tc = acfg.mediaConfig.transportConfig
+        tc.port = cfg.rtp_port_start
+        tc.portRange = cfg.rtp_port_count
+        tc.boundAddress = cfg.listen_address
+        tc.publicAddress = public
+        self.create(acfg, True)
+
+    def onIncomingCall(self, prm) -> None:
+        self.ua.guard("onIncomingCall", self._incoming, prm.callId)
+
+    def _incoming(self, call_id: int) -> None:
+        call = SipCall(self.ua, self, call_id)
+        leg = Leg(self.ua, call, "inbound")
+        ci = call.getInfo()
+        leg.call_id, leg.remote_uri, leg.local_uri = ci.callIdString, ci.remoteUri, ci.localUri
+        self.ua.legs[leg.id] = leg
+        handler = self.ua.handler
+        if handler is None:
+            leg.hangup(480, "no_handler")
+            return
+        handler.on_incoming_leg(leg)
