@@ -1,0 +1,114 @@
+"""Starting softswitch for tests and benchmarks: a real `softswitch run` process on free ports,
+or an in-process UserAgent whose call handler a test can swap."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tests.support.ports import free_port, free_port_block
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_test_config(tmp: Path, **sections: dict) -> Path:
+    """A config file for a test: free SIP and RTP ports on 127.0.0.1, directories under `tmp`.
+
+    Keyword arguments are top-level sections merged over those defaults."""
+    sip_port = free_port("both")
+    doc: dict = {
+        "sip": {"listen_address": "127.0.0.1", "udp_port": sip_port, "tcp_port": sip_port,
+                "rtp_port_start": free_port_block(400, "udp"), "rtp_port_count": 400},
+        "directories": {"prompts": str(REPO / "prompts"), "recordings": str(tmp / "recordings"),
+                        "state": str(tmp / "state")},
+        "logging": {"level": "info"},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            doc[key] = {**doc[key], **value}
+        else:
+            doc[key] = value
+    path = tmp / "softswitch.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@dataclass
+class ServerProcess:
+    """A running `softswitch run`. Its output is collected; `stop()` is bounded."""
+
+    config: Path
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+    output: list[str] = field(default_factory=list)
+    _ready: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def sip_port(self) -> int:
+        return int(yaml.safe_load(self.config.read_text())["sip"]["udp_port"])
+
+    @property
+    def rtp_ports(self) -> range:
+        sip = yaml.safe_load(self.config.read_text())["sip"]
+        return range(sip["rtp_port_start"], sip["rtp_port_start"] + sip["rtp_port_count"])
+
+    def start(self, timeout: float = 20.0) -> "ServerProcess":
+        cmd = [sys.executable, "-m", "softswitch", "run", "--config", str(self.config), *self.extra_args]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        threading.Thread(target=self._pump, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError("softswitch did not become ready:\n" + self.text())
+        return self
+
+    def _pump(self) -> None:
+        assert self.proc and self.proc.stdout
+        for line in self.proc.stdout:
+            self.output.append(line)
+            if line.rstrip().endswith("softswitch: ready"):
+                self._ready.set()
+
+    def text(self) -> str:
+        return "".join(self.output)
+
+    def wait_for_log(self, needle: str, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.text():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, then wait (bounded); SIGKILL if it hangs. Returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
