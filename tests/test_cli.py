@@ -1,0 +1,60 @@
+"""The command line, run as a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from softswitch import __version__
+
+
+def softswitch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "softswitch", *args], capture_output=True, text=True,
+                          timeout=60, cwd=cwd)
+
+
+def test_check_reports_unknown_key_and_wrong_type_with_line_numbers(tmp_path: Path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("sip:\n  listen_address: 127.0.0.1\n  udp_prot: 5060\n  tcp_port: \"5060\"\n")
+    result = softswitch("check", "--config", str(cfg))
+    assert result.returncode != 0
+    lines = [line.strip() for line in result.stderr.splitlines()]
+    assert any(line.startswith(f"{cfg}:3: sip.udp_prot:") and "udp_port" in line for line in lines), result.stderr
+    assert any(line.startswith(f"{cfg}:4: sip.tcp_port:") and "integer" in line for line in lines), result.stderr
+    assert "2 errors" in result.stderr
+
+
+def test_check_accepts_the_built_in_default():
+    result = softswitch("check")
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+
+def test_check_rejects_a_bad_override():
+    result = softswitch("check", "--set", "sip.udp_port=70000")
+    assert result.returncode != 0
+    assert "sip.udp_port" in result.stderr
+
+
+def test_version_and_help():
+    assert softswitch("--version").stdout.strip() == f"softswitch {__version__}"
+    help_text = softswitch("--help").stdout
+    for command in ("run", "check"):
+        assert command in help_text
+
+
+def test_run_refuses_a_port_in_use_with_a_clear_error(tmp_path: Path):
+    import socket
+
+    from tests.support.server import write_test_config
+
+    cfg = write_test_config(tmp_path)
+    import yaml
+    port = yaml.safe_load(cfg.read_text())["sip"]["udp_port"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", port))
+        result = softswitch("run", "--config", str(cfg))
+    assert result.returncode == 3
+    assert "cannot listen for SIP" in result.stderr and str(port) in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
