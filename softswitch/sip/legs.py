@@ -152,9 +152,12 @@ class Leg:
             self.ua.call_soon(self._forget)
 
     def _forget(self) -> None:
+        """Drop the ended call from the loop (not its callback): the pjsua2 Call is destroyed
+        here, on the UA thread, whoever still holds this Leg."""
         self.ua.legs.pop(self.id, None)
-        if self.call is not None:
-            self.call.leg = None
+        call, self.call = self.call, None  # type: ignore[assignment]
+        if call is not None:
+            call.leg = None
         self._listeners.clear()
 
     def _on_media_state(self) -> None:
@@ -234,6 +237,7 @@ class LocalAccount(pj.Account):
         ci = call.getInfo()
         leg.call_id, leg.remote_uri, leg.local_uri = ci.callIdString, ci.remoteUri, ci.localUri
         self.ua.legs[leg.id] = leg
+        log.info("%s: INVITE from %s (%d live legs)", leg.id, leg.remote_uri, len(self.ua.legs))
         handler = self.ua.handler
         if handler is None:
             leg.hangup(480, "no_handler")
