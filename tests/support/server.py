@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +43,25 @@ def write_test_config(tmp: Path, **sections: dict) -> Path:
     return path
 
 
+def sip_options_ok(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
+    """Whether a SIP server answers an OPTIONS on UDP host:port with 200 (readiness probe)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, 0))
+        sock.settimeout(timeout)
+        local = sock.getsockname()[1]
+        tag = uuid.uuid4().hex[:10]
+        msg = (f"OPTIONS sip:probe@{host}:{port} SIP/2.0\r\n"
+               f"Via: SIP/2.0/UDP {host}:{local};branch=z9hG4bK{tag};rport\r\n"
+               f"Max-Forwards: 70\r\nFrom: <sip:probe@{host}>;tag={tag}\r\nTo: <sip:probe@{host}>\r\n"
+               f"Call-ID: {tag}@{host}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+        sock.sendto(msg.encode(), (host, port))
+        try:
+            data = sock.recv(65535)
+        except OSError:
+            return False
+        return data.startswith(b"SIP/2.0 200")
+
+
 @dataclass
 class ServerProcess:
     """A running `softswitch run`. Its output is collected; `stop()` is bounded."""
@@ -66,18 +87,18 @@ class ServerProcess:
                                      stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         threading.Thread(target=self._pump, daemon=True).start()
         deadline = time.monotonic() + timeout
-        while not self._ready.wait(0.05):
+        while not sip_options_ok(self.sip_port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError("softswitch did not become ready:\n" + self.text())
+            time.sleep(0.05)
+        self._ready.set()
         return self
 
     def _pump(self) -> None:
         assert self.proc and self.proc.stdout
         for line in self.proc.stdout:
             self.output.append(line)
-            if line.rstrip().endswith("softswitch: ready"):
-                self._ready.set()
 
     def text(self) -> str:
         return "".join(self.output)

@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""Plain-call capacity: the highest concurrency softswitch carries cleanly, as a ratio of a bare
+pjsua2 script doing the same media work on the same build, measured in the same run.
+
+Each call: SIPp (trunk side) sends INVITE and 10 s of a 440 Hz tone as RTP; the server answers,
+plays a prompt into the call and records the caller to WAV; SIPp hangs up after 10 s. At each
+concurrency step N, 2N calls arrive at N/10 calls per second (so about N are up at once). A step
+is clean when no call failed and the 99th percentile of the gaps between RTP packets the server
+sent (captured on loopback) is under 30 ms.
+
+    .venv/bin/python bench/capacity.py                      # default steps
+    .venv/bin/python bench/capacity.py --steps 100,200,300  # chosen steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.support.audio import tone  # noqa: E402
+from tests.support.capture import LoopbackCapture  # noqa: E402
+from tests.support.pcap import read_pcap, write_rtp_pcap  # noqa: E402
+from tests.support.ports import free_port, free_port_block  # noqa: E402
+from tests.support.server import ServerProcess, write_test_config  # noqa: E402
+from tests.support.sipp import Sipp  # noqa: E402
+
+HOLD_S = 10.0
+CLEAN_GAP_P99_MS = 30.0
+
+
+@dataclass
+class Step:
+    system: str
+    concurrency: int
+    calls: int
+    successful: int
+    failed: int
+    gap_p99_ms: float
+    gap_max_ms: float
+    streams: int
+    cpu_percent: float
+    rss_mb: float
+    clean: bool
+
+
+class CpuSampler:
+    """CPU use of one process (user + system) between start() and stop(), in % of one core."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.rss_peak = 0.0
+
+    def _ticks(self) -> int:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    def _rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def start(self) -> None:
+        self.t0, self.c0 = time.monotonic(), self._ticks()
+
+    def sample_rss(self) -> None:
+        self.rss_peak = max(self.rss_peak, self._rss_mb())
+
+    def stop(self) -> float:
+        dt = time.monotonic() - self.t0
+        return 100.0 * (self._ticks() - self.c0) / os.sysconf("SC_CLK_TCK") / dt
+
+
+def gap_stats(pcap: Path, dst_port: int) -> tuple[float, float, int]:
+    """(p99, max) of inter-packet gaps per server stream, the first second of each skipped."""
+    by_stream: dict[tuple, list[float]] = {}
+    for pkt in read_pcap(pcap):
+        if pkt.dst[1] != dst_port or len(pkt.payload) < 12:
+            continue
+        by_stream.setdefault(pkt.src, []).append(pkt.ts)
+    gaps = []
+    for times in by_stream.values():
+        t = np.sort(np.array(times))
+        t = t[t > t[0] + 1.0]
+        if len(t) > 2:
+            gaps.append(np.diff(t) * 1000)
+    if not gaps:
+        return float("inf"), float("inf"), 0
+    all_gaps = np.concatenate(gaps)
+    return float(np.percentile(all_gaps, 99)), float(all_gaps.max()), len(by_stream)
+
+
+class BareServer:
+    def __init__(self, tmp: Path, prompt: Path) -> None:
+        self.sip_port = free_port("udp")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "bare_pjsua2.py"), "--port", str(self.sip_port),
+             "--rtp-port", str(free_port_block(2000)), "--rtp-count", "2000", "--prompt", str(prompt),
+             "--record-dir", str(tmp / "bare-rec")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        ready = threading.Event()
+        lines: list[str] = []
+
+        def pump() -> None:
+            for line in self.proc.stdout:
+                lines.append(line)
+                if "bare pjsua2 ready" in line:
+                    ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(20):
+            self.stop()
+            raise RuntimeError("bare pjsua2 did not start:\n" + "".join(lines))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def run_step(system: str, n: int, tmp: Path, prompt: Path, caller_pcap: Path) -> Step:
+    step_dir = Path(tempfile.mkdtemp(prefix=f"{system}-{n}-", dir=tmp))
+    if system == "bare":
+        server = BareServer(step_dir, prompt)
+        pid, port = server.proc.pid, server.sip_port
+    else:
+        cfg = write_test_config(step_dir, directories={"prompts": str(prompt.parent)},
+                                sip={"rtp_port_start": free_port_block(2000), "rtp_port_count": 2000},
+                                logging={"level": "warning"})
+        server = ServerProcess(cfg, ["--record"]).start()
+        pid, port = server.proc.pid, server.sip_port
+    calls = 2 * n
+    rate = n / HOLD_S
+    uac = Sipp("uac_call_pcap", f"127.0.0.1:{port}", calls=calls, limit=n, rate=rate,
+               variables={"caller": "5550100", "hold_ms": int(HOLD_S * 1000)}, keys={"pcap": caller_pcap},
+               timeout_s=HOLD_S + calls / rate + 60, trace_msg=False)
+    cpu = CpuSampler(pid)
+    try:
+        with LoopbackCapture(f"udp and dst port {uac.media_port}", step_dir / "rtp.pcap",
+                             buffer_kib=65536) as cap:
+            with uac:
+                # Measure CPU over the steady middle: after the ramp, before the drain.
+                time.sleep(HOLD_S)
+                cpu.start()
+                for _ in range(int(HOLD_S)):
+                    time.sleep(1)
+                    cpu.sample_rss()
+                cpu_percent = cpu.stop()
+                result = uac.wait(HOLD_S + calls / rate + 60)
+        p99, gmax, streams = gap_stats(cap.path, uac.media_port)
+    finally:
+        server.stop()
+    ok = result.failed == 0 and result.successful == calls and p99 < CLEAN_GAP_P99_MS
+    return Step(system, n, calls, result.successful or 0, result.failed or 0, round(p99, 2), round(gmax, 2),
+                streams, round(cpu_percent, 1), round(cpu.rss_peak, 1), ok)
+
+
+def ceiling(steps: list[Step]) -> int:
+    best = 0
+    for s in sorted(steps, key=lambda s: s.concurrency):
+        if not s.clean:
+            break
+        best = s.concurrency
+    return best
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", default="100,200,250,300,350,400",
+                    help="comma-separated concurrency steps, ascending")
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "capacity.json"))
+    args = ap.parse_args()
+    steps = [int(s) for s in args.steps.split(",")]
+    with tempfile.TemporaryDirectory(prefix="capacity-") as tmp_s:
+        tmp = Path(tmp_s)
+        prompts = tmp / "prompts"
+        prompts.mkdir()
+        prompt = prompts / "welcome.wav"
+        sf.write(prompt, tone(300, HOLD_S + 20, amplitude=0.1), 8000, subtype="PCM_16")
+        caller_pcap = tmp / "caller.pcap"
+        write_rtp_pcap(caller_pcap, tone(440, HOLD_S))
+        results: list[Step] = []
+        for system in ("bare", "softswitch"):
+            for n in steps:
+                step = run_step(system, n, tmp, prompt, caller_pcap)
+                results.append(step)
+                print(f"{system:10s} {n:4d} concurrent: {step.successful}/{step.calls} ok, "
+                      f"{step.failed} failed, RTP gap p99 {step.gap_p99_ms} ms (max {step.gap_max_ms}), "
+                      f"{step.streams} streams, CPU {step.cpu_percent}% RSS {step.rss_mb} MB "
+                      f"-> {'clean' if step.clean else 'NOT clean'}", flush=True)
+                if not step.clean:
+                    break
+    bare = ceiling([s for s in results if s.system == "bare"])
+    soft = ceiling([s for s in results if s.system == "softswitch"])
+    ratio = soft / bare if bare else 0.0
+    print(f"\nhighest clean concurrency: bare pjsua2 {bare}, softswitch {soft}, ratio {ratio:.2f}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"steps": [asdict(s) for s in results], "bare_ceiling": bare,
+                                           "softswitch_ceiling": soft, "ratio": ratio,
+                                           "command": " ".join(sys.argv)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
