@@ -213,14 +213,52 @@ class ExtensionUser:
     extension: str
 
 
+DtmfMethod = Literal["rfc2833", "info", "inband"]
+TrunkMode = Literal["fixed", "dynamic"]
+DigestAlgorithm = Literal["MD5", "SHA-256"]
+
+
 @dataclass(frozen=True, kw_only=True)
 class Trunk:
-    """A trunk recognised by the address calls come from, without any flow declaring it."""
+    """A trunk (reference §2.4 Trunk Event). `fixed`: recognised by the address its calls come
+    from, or by the route token of our registration when its connection registers. `dynamic`:
+    the trunk registers to softswitch with `username`/`password` and is reached where it did."""
 
     name: str = _setting("", from_key=True)
-    address: str = _setting(check=_host)
+    mode: TrunkMode = "fixed"
+    address: str | None = _setting(None, check=_host)  # fixed: where calls come from (default: the connection's server)
     port: int = _setting(0, lo=0, hi=65535)  # 0: any source port
-    connection: str | None = None  # name of a `connections` entry
+    connection: str | None = None  # name of a `connections` entry: registration and calls out
+    username: str | None = None  # dynamic: the credentials the trunk registers with
+    password: str | None = None
+    codecs: list[Codec] | None = None  # allow-list for this trunk's calls; None: media.codecs
+    dtmf_methods: list[DtmfMethod] | None = None  # None: rfc2833 and info
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegistrarConfig:
+    """How phones and dynamic trunks register to softswitch."""
+
+    realm: str = "softswitch"
+    min_expires: int = _setting(60, lo=1, hi=86400)  # shorter requests get 423 Interval Too Brief
+    max_expires: int = _setting(3600, lo=1, hi=86400)  # longer requests are shortened to this
+    default_expires: int = _setting(600, lo=1, hi=86400)
+    nonce_ttl_seconds: int = _setting(300, lo=10, hi=86400)
+    algorithms: list[DigestAlgorithm] = field(default_factory=lambda: ["MD5", "SHA-256"])  # challenge order
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecurityConfig:
+    """Protection of the SIP edge. Refusals are logged as `security` events (JSON-friendly)."""
+
+    auth_failure_limit: int = _setting(10, lo=0)  # failures in the window that block a source; 0: never
+    auth_failure_window_seconds: int = _setting(60, lo=1)
+    block_seconds: int = _setting(300, lo=1)  # how long a blocked source is ignored
+    flood_requests_per_second: int = _setting(500, lo=0)  # new requests per source; 0: no limit
+    flood_burst: int = _setting(1000, lo=1)
+    refused_user_agents: list[str] = field(
+        default_factory=lambda: ["friendly-scanner", "sipvicious", "sipcli", "sip-scan", "iwar", "sundayddr",
+                                 "vaxsipuseragent"])  # case-insensitive substrings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -297,6 +335,8 @@ class Config:
     connections: dict[str, Connection] = field(default_factory=dict)
     extension_users: dict[str, list[ExtensionUser]] = field(default_factory=dict)
     trunks: dict[str, Trunk] = field(default_factory=dict)
+    registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     ai: AiConfig = field(default_factory=AiConfig)
     flows: list[Path] = _setting(factory=list, base="flows", must_exist=True)
     directories: Directories = field(default_factory=Directories)
@@ -329,6 +369,20 @@ def _cross_checks(config: Config) -> Iterator[tuple[str, str, tuple[str, ...]]]:
             known = ", ".join(config.connections) or "none defined"
             key = f"trunks.{name}.connection"
             yield key, f"no connection named {trunk.connection!r} (connections: {known})", (key,)
+    for name, trunk in config.trunks.items():
+        if trunk is None:
+            continue
+        key = f"trunks.{name}"
+        if trunk.mode == "fixed" and trunk.address is None and trunk.connection is None:
+            yield f"{key}.address", "a fixed trunk needs an address or a connection", (f"{key}.address",)
+        if trunk.mode == "dynamic" and (not trunk.username or not trunk.password):
+            yield f"{key}.username", "a dynamic trunk needs a username and a password to register with", (
+                f"{key}.username", f"{key}.password")
+    if not config.registrar.algorithms:
+        yield "registrar.algorithms", "no digest algorithm: list MD5, SHA-256 or both", ("registrar.algorithms",)
+    if config.registrar.min_expires > config.registrar.max_expires:
+        yield "registrar.min_expires", "min_expires is above max_expires", (
+            "registrar.min_expires", "registrar.max_expires")
     for set_name, users in config.extension_users.items():
         first_index: dict[str, int] = {}
         for i, user in enumerate(users or ()):
