@@ -99,12 +99,18 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_softswitch_nativ
                                        "softswitch's native media code, sharing pjproject with pjsua2.", -1, methods};
 
 PyMODINIT_FUNC PyInit__softswitch_native(void) {
-    if (PyType_Ready(&FramePortType) < 0) return NULL;
+    if (PyType_Ready(&FramePortType) < 0 || PyType_Ready(&RegistrarType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     Py_INCREF(&FramePortType);
     if (PyModule_AddObject(m, "FramePort", (PyObject *)&FramePortType) < 0) {
         Py_DECREF(&FramePortType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&RegistrarType);
+    if (PyModule_AddObject(m, "Registrar", (PyObject *)&RegistrarType) < 0) {
+        Py_DECREF(&RegistrarType);
         Py_DECREF(m);
         return NULL;
     }

@@ -15,6 +15,7 @@
 #endif
 
 extern PyTypeObject FramePortType;
+extern PyTypeObject RegistrarType;
 
 int ss_is_pj_thread(void);
 /* Sets a RuntimeError and returns -1 unless called on a thread pjlib knows (the UA thread). */

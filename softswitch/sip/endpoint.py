@@ -84,6 +84,7 @@ class UserAgent:
         self.pj = None
         self.ep = None
         self.account = None
+        self.registrar = None
         self._log_writer = None
         self.listen: ListenInfo | None = None
         self.loop_lag_max = 0.0
@@ -194,6 +195,7 @@ class UserAgent:
         while not self._stop_requested.is_set():
             turn_start = time.monotonic()
             ep.libHandleEvents(LOOP_POLL_MS)
+            self.registrar.poll()
             self._drain_commands()
             self.timers.run_due()
             for poll in list(self._pollers):
@@ -276,6 +278,8 @@ class UserAgent:
         self.listen = ListenInfo(addr, udp_port, tcp_port)
 
         from .legs import LocalAccount  # late: legs imports pjsua2 classes
+        from .registrar import Registrar
+        self.registrar = Registrar(self, cfg)
         self.account = LocalAccount(self)
         log.info("softswitch listening on %s (udp %s, tcp %s), RTP %d-%d, pjproject %s",
                  addr, udp_port or "off", tcp_port or "off", cfg.sip.rtp_port_start,
@@ -328,6 +332,9 @@ class UserAgent:
         if self.account is not None:
             self.guard("account shutdown", self.account.shutdown)
             self.account = None
+        if self.registrar is not None:
+            self.guard("registrar close", self.registrar.close)
+            self.registrar = None
         gc.collect()
         if self.ep is not None:
             try:

@@ -67,6 +67,7 @@ class Leg:
         self.call_id = ""
         self.remote_uri = ""
         self.local_uri = ""
+        self.admission = None  # registrar.Admission: which trunk or extension an inbound call came from
         call.leg = self
 
     # ---- facts --------------------------------------------------------------------------
@@ -237,7 +238,14 @@ class LocalAccount(pj.Account):
         ci = call.getInfo()
         leg.call_id, leg.remote_uri, leg.local_uri = ci.callIdString, ci.remoteUri, ci.localUri
         self.ua.legs[leg.id] = leg
-        log.info("%s: INVITE from %s (%d live legs)", leg.id, leg.remote_uri, len(self.ua.legs))
+        leg.admission = self.ua.registrar.take_admission(leg.call_id) if self.ua.registrar else None
+        if leg.admission is None:
+            # The gate passes only INVITEs it classified; anything else is refused, never routed.
+            log.warning("%s: INVITE from %s was not admitted by the gate; refusing", leg.id, leg.remote_uri)
+            leg.hangup(403, "not_admitted")
+            return
+        log.info("%s: INVITE from %s via %s %s (%d live legs)", leg.id, leg.remote_uri, leg.admission.kind,
+                 leg.admission.ref, len(self.ua.legs))
         handler = self.ua.handler
         if handler is None:
             leg.hangup(480, "no_handler")

@@ -32,6 +32,10 @@ def write_test_config(tmp: Path, **sections: dict) -> Path:
         "directories": {"prompts": str(REPO / "prompts"), "recordings": str(tmp / "recordings"),
                         "state": str(tmp / "state")},
         "logging": {"level": "info"},
+        # Calls from 127.0.0.1 (SIPp callers) arrive as calls from trunk_main, as in the default.
+        "trunks": {"trunk_main": {"address": "127.0.0.1", "port": 0}},
+        "extension_users": {"internal": [
+            {"username": n, "password": f"pass{n}", "extension": n} for n in ("1001", "1002", "1003")]},
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(doc.get(key), dict):

@@ -1,0 +1,1209 @@
+/* Registrar and the SIP edge's gate, as a pjsip module on the pjsua endpoint.
+ *
+ * pjsua has no registrar: an incoming REGISTER is dropped unanswered. This module sits at
+ * priority 63, after the transaction, UA and invite layers and before pjsua's own modules
+ * (64), so it sees every request first:
+ *   - REGISTER: answered here, statelessly (a stateful answer holds ~12 KB for 32 s), with
+ *     digest auth (MD5 and SHA-256, qop=auth), stateless nonces with a lifetime, an nc replay
+ *     guard, and the RFC 3261 section 10.3 binding rules.
+ *   - initial INVITE: passed to pjsua only when it comes from a fixed-address trunk or carries
+ *     valid extension credentials; otherwise challenged (407) or refused. Never routed blindly.
+ *   - everything from a throttled source or a refused User-Agent: dropped.
+ * Python configures users, trunks and policy, and drains events (registrations, expiries,
+ * security refusals) from the UA loop. All of this runs on the UA thread (pjsua is set up with
+ * no worker threads), so the tables need no locks; Python calls arrive on that same thread.
+ */
+#include "softswitch_native.h"
+
+#include <ctype.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_CONTACTS_PER_AOR 10
+#define MAX_EVENTS 65536
+#define NONCE_SLOTS 16384
+#define SOURCE_SLOTS 8192
+#define CLASSIFY_SLOTS 4096
+
+/* ---- small helpers ----------------------------------------------------------------------- */
+
+static pj_uint64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (pj_uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static pj_uint64_t wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (pj_uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static pj_uint32_t fnv1a(const char *s, size_t n) {
+    pj_uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 16777619u;
+    return h;
+}
+
+static char *dup_pjstr(const pj_str_t *s) {
+    char *out = malloc((size_t)s->slen + 1);
+    if (out) {
+        memcpy(out, s->ptr, (size_t)s->slen);
+        out[s->slen] = 0;
+    }
+    return out;
+}
+
+static int pjstr_eq(const pj_str_t *a, const char *b) {
+    size_t n = strlen(b);
+    return (size_t)a->slen == n && memcmp(a->ptr, b, n) == 0;
+}
+
+static void hex_encode(const unsigned char *in, size_t n, char *out) {
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+    out[2 * n] = 0;
+}
+
+typedef enum { ALG_MD5 = 0, ALG_SHA256 = 1 } digest_alg_t;
+
+/* hex(H(parts joined by ':')) into out (33 or 65 bytes). */
+static void digest_hex(digest_alg_t alg, char *out, const char *const *parts, const size_t *lens, int nparts) {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(ctx, alg == ALG_SHA256 ? EVP_sha256() : EVP_md5(), NULL);
+    for (int i = 0; i < nparts; i++) {
+        if (i) EVP_DigestUpdate(ctx, ":", 1);
+        EVP_DigestUpdate(ctx, parts[i], lens[i]);
+    }
+    EVP_DigestFinal_ex(ctx, md, &mdlen);
+    EVP_MD_CTX_free(ctx);
+    hex_encode(md, mdlen, out);
+}
+
+/* ---- tables ------------------------------------------------------------------------------ */
+
+typedef struct user {
+    struct user *next;
+    char *username;   /* authorization username (after prefix stripping) */
+    char *extension;
+    char *group;      /* the extension-user set it came from */
+    char ha1_md5[33];
+    char ha1_sha256[65];
+} user_t;
+
+typedef struct binding {
+    char *contact;        /* Contact URI as the phone sent it */
+    char *call_id;
+    pj_uint32_t cseq;
+    pj_uint64_t expires_at;   /* monotonic ms */
+    pj_uint64_t registered_at; /* wall ms */
+    int q1000;
+    char source_ip[PJ_INET6_ADDRSTRLEN];
+    int source_port;
+    char transport[8];
+    char *user_agent;
+    int nat;              /* Contact host:port differs from where the REGISTER came from */
+} binding_t;
+
+typedef struct aor {
+    struct aor *next;
+    char *username;
+    char *extension;
+    char *group;
+    int count;
+    binding_t contacts[MAX_CONTACTS_PER_AOR];
+} aor_t;
+
+typedef struct trunk {
+    char *ref;
+    char *ip;
+    int port; /* 0 = any */
+} trunk_t;
+
+typedef struct nonce_slot {
+    pj_uint32_t key;        /* hash of the nonce */
+    pj_uint64_t seen_ms;
+    unsigned long max_nc;
+    pj_uint32_t last_branch;
+} nonce_slot_t;
+
+typedef struct source_slot {
+    char ip[PJ_INET6_ADDRSTRLEN];
+    pj_uint64_t window_start;
+    unsigned failures;
+    pj_uint64_t blocked_until;
+    double tokens;
+    pj_uint64_t tokens_at;
+    pj_uint64_t last_seen;
+} source_slot_t;
+
+typedef struct classify_slot {
+    char call_id[128];
+    pj_uint64_t at;
+    char kind[12];       /* trunk | extension */
+    char *ref;           /* trunk ref, or extension username */
+    char *extension;
+    char *group;
+} classify_slot_t;
+
+typedef struct event {
+    char kind[16];
+    PyObject *data; /* a dict, built on the UA thread, which holds the GIL when it drains */
+} event_t;
+
+/* ---- the registrar state ------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    int installed;
+    pjsip_module mod;
+    char realm[128];
+    unsigned min_expires, max_expires, default_expires, nonce_ttl;
+    unsigned fail_limit, fail_window, block_seconds;
+    double flood_rate, flood_burst;
+    int challenge_sha256, challenge_md5, sha256_first;
+    unsigned char secret[32];
+    user_t *users[1024];
+    aor_t *aors[4096];
+    trunk_t *trunks;
+    int ntrunks;
+    char **blocked_agents;
+    int nblocked_agents;
+    nonce_slot_t nonces[NONCE_SLOTS];
+    source_slot_t sources[SOURCE_SLOTS];
+    classify_slot_t classified[CLASSIFY_SLOTS];
+    PyObject *events; /* list */
+    unsigned long long n_register, n_register_ok, n_challenges, n_auth_failures, n_dropped, n_invite_passed,
+        n_invite_challenged, n_invite_refused, n_423, n_500;
+} RegistrarObject;
+
+/* The module callbacks find their registrar through this pointer: one registrar per process,
+ * like the one pjsua endpoint it is attached to. */
+static RegistrarObject *the_registrar;
+
+static void push_event(RegistrarObject *r, const char *kind, PyObject *data) {
+    if (!data) {
+        PyErr_Clear();
+        return;
+    }
+    if (PyList_GET_SIZE(r->events) < MAX_EVENTS) {
+        PyObject *item = Py_BuildValue("(sN)", kind, data);
+        if (item) {
+            PyList_Append(r->events, item);
+            Py_DECREF(item);
+        } else {
+            PyErr_Clear();
+        }
+    } else {
+        Py_DECREF(data);
+    }
+}
+
+/* pjsip callbacks run inside libHandleEvents, which the SWIG binding calls with the GIL
+ * released: take it around anything that touches Python objects. */
+#define WITH_GIL(block)                                     \
+    do {                                                    \
+        PyGILState_STATE _g = PyGILState_Ensure();          \
+        block;                                              \
+        PyGILState_Release(_g);                             \
+    } while (0)
+
+static void security_event(RegistrarObject *r, const char *what, pjsip_rx_data *rdata, const char *detail) {
+    char ua[128] = "";
+    pjsip_generic_string_hdr *uah = (pjsip_generic_string_hdr *)pjsip_msg_find_hdr_by_name(
+        rdata->msg_info.msg, &(pj_str_t){"User-Agent", 10}, NULL);
+    if (uah) snprintf(ua, sizeof(ua), "%.*s", (int)uah->hvalue.slen, uah->hvalue.ptr);
+    const pjsip_method *m = &rdata->msg_info.msg->line.req.method;
+    WITH_GIL(push_event(r, "security",
+                        Py_BuildValue("{s:s,s:s,s:i,s:s,s:s#,s:s,s:s}", "event", what, "source_ip",
+                                      rdata->pkt_info.src_name, "source_port", rdata->pkt_info.src_port,
+                                      "transport", rdata->tp_info.transport->type_name, "method",
+                                      m->name.ptr, (Py_ssize_t)m->name.slen, "user_agent", ua, "detail",
+                                      detail ? detail : "")));
+}
+
+/* ---- users ---------------------------------------------------------------------------------- */
+
+static user_t *find_user(RegistrarObject *r, const pj_str_t *username) {
+    pj_uint32_t h = fnv1a(username->ptr, (size_t)username->slen) % 1024;
+    for (user_t *u = r->users[h]; u; u = u->next)
+        if (pjstr_eq(username, u->username)) return u;
+    return NULL;
+}
+
+static void free_users(RegistrarObject *r) {
+    for (int i = 0; i < 1024; i++) {
+        user_t *u = r->users[i];
+        while (u) {
+            user_t *next = u->next;
+            free(u->username);
+            free(u->extension);
+            free(u->group);
+            free(u);
+            u = next;
+        }
+        r->users[i] = NULL;
+    }
+}
+
+/* ---- nonces: stateless, "<ts hex>.<hmac hex>", bound to the source address ------------------- */
+
+static void nonce_mac(RegistrarObject *r, const char *ts_hex, const char *src_ip, char out[33]) {
+    const char *parts[3] = {(const char *)r->secret, ts_hex, src_ip};
+    size_t lens[3] = {sizeof(r->secret), strlen(ts_hex), strlen(src_ip)};
+    digest_hex(ALG_MD5, out, parts, lens, 3);
+}
+
+static void make_nonce(RegistrarObject *r, const char *src_ip, char out[64]) {
+    char ts[17], mac[33];
+    snprintf(ts, sizeof(ts), "%llx", (unsigned long long)(wall_ms() / 1000));
+    nonce_mac(r, ts, src_ip, mac);
+    snprintf(out, 64, "%s.%s", ts, mac);
+}
+
+/* 1 = valid and fresh, 0 = forged/foreign, -1 = genuine but expired (answer stale=true). */
+static int check_nonce(RegistrarObject *r, const pj_str_t *nonce, const char *src_ip) {
+    char buf[64], mac[33];
+    if (nonce->slen <= 0 || nonce->slen >= (pj_ssize_t)sizeof(buf)) return 0;
+    memcpy(buf, nonce->ptr, (size_t)nonce->slen);
+    buf[nonce->slen] = 0;
+    char *dot = strchr(buf, '.');
+    if (!dot) return 0;
+    *dot = 0;
+    nonce_mac(r, buf, src_ip, mac);
+    if (strcmp(mac, dot + 1) != 0) return 0;
+    unsigned long long ts = strtoull(buf, NULL, 16);
+    unsigned long long now = wall_ms() / 1000;
+    if (ts > now + 5 || now - ts > r->nonce_ttl) return -1;
+    return 1;
+}
+
+/* nc must grow for each nonce; a retransmission (same Via branch) may repeat it. */
+static int nc_fresh(RegistrarObject *r, const pj_str_t *nonce, unsigned long nc, pj_uint32_t branch) {
+    pj_uint32_t key = fnv1a(nonce->ptr, (size_t)nonce->slen);
+    pj_uint64_t now = now_ms();
+    nonce_slot_t *s = &r->nonces[key % NONCE_SLOTS];
+    if (s->key != key || now - s->seen_ms > (pj_uint64_t)r->nonce_ttl * 1000 + 60000) {
+        s->key = key;
+        s->max_nc = nc;
+        s->last_branch = branch;
+        s->seen_ms = now;
+        return 1;
+    }
+    s->seen_ms = now;
+    if (nc > s->max_nc) {
+        s->max_nc = nc;
+        s->last_branch = branch;
+        return 1;
+    }
+    return nc == s->max_nc && branch == s->last_branch;
+}
+
+/* ---- sources: auth-failure throttling and flood control ---------------------------------- */
+
+static source_slot_t *source_of(RegistrarObject *r, const char *ip) {
+    pj_uint32_t h = fnv1a(ip, strlen(ip));
+    pj_uint64_t now = now_ms();
+    for (int probe = 0; probe < 8; probe++) {
+        source_slot_t *s = &r->sources[(h + probe) % SOURCE_SLOTS];
+        if (strcmp(s->ip, ip) == 0) {
+            s->last_seen = now;
+            return s;
+        }
+        if (!s->ip[0] || (now - s->last_seen > 600000 && s->blocked_until < now)) {
+            memset(s, 0, sizeof(*s));
+            snprintf(s->ip, sizeof(s->ip), "%s", ip);
+            s->tokens = r->flood_burst;
+            s->tokens_at = now;
+            s->last_seen = now;
+            return s;
+        }
+    }
+    /* Table crowded: reuse the home slot (an attacker cannot evict a blocked entry early). */
+    source_slot_t *s = &r->sources[h % SOURCE_SLOTS];
+    if (s->blocked_until > now) return s;
+    memset(s, 0, sizeof(*s));
+    snprintf(s->ip, sizeof(s->ip), "%s", ip);
+    s->tokens = r->flood_burst;
+    s->tokens_at = s->last_seen = now;
+    return s;
+}
+
+static int source_blocked(RegistrarObject *r, source_slot_t *s) { return s->blocked_until > now_ms(); }
+
+/* Token bucket per source: 0 when this request is over the flood limit. */
+static int source_admit(RegistrarObject *r, source_slot_t *s) {
+    if (r->flood_rate <= 0) return 1;
+    pj_uint64_t now = now_ms();
+    s->tokens += (double)(now - s->tokens_at) / 1000.0 * r->flood_rate;
+    if (s->tokens > r->flood_burst) s->tokens = r->flood_burst;
+    s->tokens_at = now;
+    if (s->tokens < 1.0) return 0;
+    s->tokens -= 1.0;
+    return 1;
+}
+
+/* Returns 1 when this failure blocks the source. */
+static int source_failed(RegistrarObject *r, source_slot_t *s) {
+    pj_uint64_t now = now_ms();
+    if (now - s->window_start > (pj_uint64_t)r->fail_window * 1000) {
+        s->window_start = now;
+        s->failures = 0;
+    }
+    s->failures++;
+    if (r->fail_limit && s->failures >= r->fail_limit) {
+        s->blocked_until = now + (pj_uint64_t)r->block_seconds * 1000;
+        s->failures = 0;
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- responses --------------------------------------------------------------------------- */
+
+static void add_challenges(RegistrarObject *r, pjsip_tx_data *tdata, pjsip_rx_data *rdata, int proxy, int stale) {
+    char nonce[64];
+    make_nonce(r, rdata->pkt_info.src_name, nonce);
+    const char *algs[2];
+    int n = 0;
+    if (r->sha256_first) {
+        if (r->challenge_sha256) algs[n++] = "SHA-256";
+        if (r->challenge_md5) algs[n++] = "MD5";
+    } else {
+        if (r->challenge_md5) algs[n++] = "MD5";
+        if (r->challenge_sha256) algs[n++] = "SHA-256";
+    }
+    for (int i = 0; i < n; i++) {
+        pjsip_www_authenticate_hdr *h = proxy ? pjsip_proxy_authenticate_hdr_create(tdata->pool)
+                                              : pjsip_www_authenticate_hdr_create(tdata->pool);
+        pj_strdup2(tdata->pool, &h->scheme, "Digest");
+        pj_strdup2(tdata->pool, &h->challenge.digest.realm, r->realm);
+        pj_strdup2(tdata->pool, &h->challenge.digest.nonce, nonce);
+        pj_strdup2(tdata->pool, &h->challenge.digest.algorithm, algs[i]);
+        pj_strdup2(tdata->pool, &h->challenge.digest.qop, "auth");
+        h->challenge.digest.stale = stale;
+        pjsip_msg_add_hdr(tdata->msg, (pjsip_hdr *)h);
+    }
+}
+
+static pj_status_t send_stateless(pjsip_rx_data *rdata, pjsip_tx_data *tdata) {
+    pjsip_response_addr addr;
+    pjsip_endpoint *endpt = pjsua_get_pjsip_endpt();
+    pj_status_t st = pjsip_get_response_addr(tdata->pool, rdata, &addr);
+    if (st == PJ_SUCCESS) st = pjsip_endpt_send_response(endpt, &addr, tdata, NULL, NULL);
+    if (st != PJ_SUCCESS) pjsip_tx_data_dec_ref(tdata);
+    return st;
+}
+
+static pjsip_tx_data *new_response(pjsip_rx_data *rdata, int code, const char *reason) {
+    pjsip_tx_data *tdata = NULL;
+    pj_str_t r = pj_str((char *)reason);
+    if (pjsip_endpt_create_response(pjsua_get_pjsip_endpt(), rdata, code, reason ? &r : NULL, &tdata) != PJ_SUCCESS)
+        return NULL;
+    return tdata;
+}
+
+static void respond(pjsip_rx_data *rdata, int code, const char *reason) {
+    pjsip_tx_data *tdata = new_response(rdata, code, reason);
+    if (tdata) send_stateless(rdata, tdata);
+}
+
+/* ---- digest verification ----------------------------------------------------------------- */
+
+typedef enum { AUTH_NONE, AUTH_OK, AUTH_BAD, AUTH_STALE } auth_result_t;
+
+/* Checks the Authorization (or Proxy-Authorization) header of rdata. Unknown users and wrong
+ * passwords give the same result, so the two cannot be told apart from outside. */
+static auth_result_t verify_digest(RegistrarObject *r, pjsip_rx_data *rdata, int proxy, user_t **user_out) {
+    pjsip_hdr_e type = proxy ? PJSIP_H_PROXY_AUTHORIZATION : PJSIP_H_AUTHORIZATION;
+    pjsip_authorization_hdr *h = NULL, *it = NULL;
+    /* Prefer credentials for our realm if the phone sent several. */
+    while ((it = (pjsip_authorization_hdr *)pjsip_msg_find_hdr(rdata->msg_info.msg, type,
+                                                                it ? it->next : NULL)) != NULL) {
+        if (pj_stricmp2(&it->scheme, "Digest") == 0 && pjstr_eq(&it->credential.digest.realm, r->realm)) {
+            h = it;
+            break;
+        }
+        if (!h) h = it;
+    }
+    if (!h) return AUTH_NONE;
+    if (pj_stricmp2(&h->scheme, "Digest") != 0) return AUTH_BAD;
+    pjsip_digest_credential *c = &h->credential.digest;
+    digest_alg_t alg;
+    if (c->algorithm.slen == 0 || pj_stricmp2(&c->algorithm, "MD5") == 0) alg = ALG_MD5;
+    else if (pj_stricmp2(&c->algorithm, "SHA-256") == 0) alg = ALG_SHA256;
+    else return AUTH_BAD;
+    if ((alg == ALG_MD5 && !r->challenge_md5) || (alg == ALG_SHA256 && !r->challenge_sha256)) return AUTH_BAD;
+    if (!pjstr_eq(&c->realm, r->realm)) return AUTH_BAD;
+
+    int fresh = check_nonce(r, &c->nonce, rdata->pkt_info.src_name);
+    if (fresh == 0) return AUTH_BAD;
+
+    user_t *u = find_user(r, &c->username);
+    char expected[65];
+    const pjsip_method *m = &rdata->msg_info.msg->line.req.method;
+    char ha2[65];
+    {
+        const char *parts[2] = {m->name.ptr, c->uri.ptr};
+        size_t lens[2] = {(size_t)m->name.slen, (size_t)c->uri.slen};
+        digest_hex(alg, ha2, parts, lens, 2);
+    }
+    /* An unknown user is checked against a throwaway HA1, so timing does not tell either. */
+    const char *ha1 = u ? (alg == ALG_SHA256 ? u->ha1_sha256 : u->ha1_md5) : "0000000000000000000000000000000000000000000000000000000000000000";
+    size_t ha1len = alg == ALG_SHA256 ? 64 : 32;
+    if (c->qop.slen) {
+        if (pj_stricmp2(&c->qop, "auth") != 0 || c->nc.slen == 0 || c->cnonce.slen == 0) return AUTH_BAD;
+        const char *parts[6] = {ha1, c->nonce.ptr, c->nc.ptr, c->cnonce.ptr, c->qop.ptr, ha2};
+        size_t lens[6] = {ha1len, (size_t)c->nonce.slen, (size_t)c->nc.slen, (size_t)c->cnonce.slen,
+                          (size_t)c->qop.slen, strlen(ha2)};
+        digest_hex(alg, expected, parts, lens, 6);
+    } else {
+        const char *parts[3] = {ha1, c->nonce.ptr, ha2};
+        size_t lens[3] = {ha1len, (size_t)c->nonce.slen, strlen(ha2)};
+        digest_hex(alg, expected, parts, lens, 3);
+    }
+    if (!u || (size_t)c->response.slen != strlen(expected) ||
+        pj_strnicmp2(&c->response, expected, strlen(expected)) != 0)
+        return AUTH_BAD;
+    if (fresh < 0) return AUTH_STALE;
+    if (c->qop.slen) {
+        char ncbuf[16];
+        snprintf(ncbuf, sizeof(ncbuf), "%.*s", (int)c->nc.slen, c->nc.ptr);
+        pjsip_via_hdr *via = rdata->msg_info.via;
+        pj_uint32_t branch = via ? fnv1a(via->branch_param.ptr, (size_t)via->branch_param.slen) : 0;
+        if (!nc_fresh(r, &c->nonce, strtoul(ncbuf, NULL, 16), branch)) return AUTH_STALE;
+    }
+    *user_out = u;
+    return AUTH_OK;
+}
+
+/* ---- bindings ------------------------------------------------------------------------------ */
+
+static aor_t *find_aor(RegistrarObject *r, const char *username, int create, user_t *u) {
+    pj_uint32_t h = fnv1a(username, strlen(username)) % 4096;
+    for (aor_t *a = r->aors[h]; a; a = a->next)
+        if (strcmp(a->username, username) == 0) return a;
+    if (!create) return NULL;
+    aor_t *a = calloc(1, sizeof(aor_t));
+    a->username = strdup(username);
+    a->extension = strdup(u->extension);
+    a->group = strdup(u->group);
+    a->next = r->aors[h];
+    r->aors[h] = a;
+    return a;
+}
+
+static void binding_free(binding_t *b) {
+    free(b->contact);
+    free(b->call_id);
+    free(b->user_agent);
+    memset(b, 0, sizeof(*b));
+}
+
+static PyObject *binding_dict(aor_t *a, binding_t *b) {
+    pj_uint64_t now = now_ms();
+    long remaining = b->expires_at > now ? (long)((b->expires_at - now + 999) / 1000) : 0;
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:l,s:K,s:s,s:i,s:s,s:s,s:O,s:d,s:s}", "username", a->username,
+                         "extension", a->extension, "group", a->group, "contact", b->contact, "expires",
+                         remaining, "registered_at_ms", (unsigned long long)b->registered_at, "source_ip",
+                         b->source_ip, "source_port", b->source_port, "transport", b->transport,
+                         "user_agent", b->user_agent ? b->user_agent : "", "nat", b->nat ? Py_True : Py_False,
+                         "q", b->q1000 / 1000.0, "call_id", b->call_id);
+}
+
+static void remove_binding(RegistrarObject *r, aor_t *a, int i, const char *why) {
+    WITH_GIL(push_event(r, why, binding_dict(a, &a->contacts[i])));
+    binding_free(&a->contacts[i]);
+    for (int j = i; j < a->count - 1; j++) a->contacts[j] = a->contacts[j + 1];
+    a->count--;
+    memset(&a->contacts[a->count], 0, sizeof(binding_t));
+}
+
+static int uri_to_str(const pjsip_uri *uri, char *buf, size_t len) {
+    int n = pjsip_uri_print(PJSIP_URI_IN_CONTACT_HDR, uri, buf, len - 1);
+    if (n < 0) n = 0;
+    buf[n] = 0;
+    return n;
+}
+
+/* Whether the Contact's host:port is not where the REGISTER came from (NAT). */
+static int contact_is_natted(const pjsip_uri *uri, pjsip_rx_data *rdata) {
+    const pjsip_sip_uri *sip = (const pjsip_sip_uri *)pjsip_uri_get_uri((pjsip_uri *)uri);
+    if (!PJSIP_URI_SCHEME_IS_SIP(uri) && !PJSIP_URI_SCHEME_IS_SIPS(uri)) return 0;
+    int port = sip->port ? sip->port : 5060;
+    char host[PJ_INET6_ADDRSTRLEN + 2];
+    snprintf(host, sizeof(host), "%.*s", (int)sip->host.slen, sip->host.ptr);
+    return strcmp(host, rdata->pkt_info.src_name) != 0 || port != rdata->pkt_info.src_port;
+}
+
+static void add_contacts_to_response(aor_t *a, pjsip_tx_data *tdata) {
+    if (!a) return;
+    pj_uint64_t now = now_ms();
+    for (int i = 0; i < a->count; i++) {
+        binding_t *b = &a->contacts[i];
+        char line[1200];
+        unsigned long remaining = b->expires_at > now ? (unsigned long)((b->expires_at - now + 999) / 1000) : 0;
+        snprintf(line, sizeof(line), "<%s>;expires=%lu", b->contact, remaining);
+        pj_str_t hname = pj_str("Contact"), hvalue;
+        pj_strdup2(tdata->pool, &hvalue, line);
+        pjsip_generic_string_hdr *h = pjsip_generic_string_hdr_create(tdata->pool, &hname, &hvalue);
+        pjsip_msg_add_hdr(tdata->msg, (pjsip_hdr *)h);
+    }
+    /* Date header, which phones use to set their clock. */
+    char date[64];
+    time_t t = time(NULL);
+    struct tm tmv;
+    gmtime_r(&t, &tmv);
+    strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tmv);
+    pj_str_t dname = pj_str("Date"), dvalue;
+    pj_strdup2(tdata->pool, &dvalue, date);
+    pjsip_msg_add_hdr(tdata->msg, (pjsip_hdr *)pjsip_generic_string_hdr_create(tdata->pool, &dname, &dvalue));
+}
+
+static unsigned requested_expires(RegistrarObject *r, pjsip_contact_hdr *c, pjsip_expires_hdr *eh) {
+    if (c && c->expires != PJSIP_EXPIRES_NOT_SPECIFIED) return c->expires;
+    if (eh) return eh->ivalue;
+    return r->default_expires;
+}
+
+static void handle_register(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t *src) {
+    pjsip_msg *msg = rdata->msg_info.msg;
+    r->n_register++;
+    user_t *u = NULL;
+    auth_result_t ar = verify_digest(r, rdata, 0, &u);
+    if (ar == AUTH_NONE || ar == AUTH_STALE) {
+        pjsip_tx_data *tdata = new_response(rdata, 401, NULL);
+        if (!tdata) return;
+        add_challenges(r, tdata, rdata, 0, ar == AUTH_STALE);
+        r->n_challenges++;
+        send_stateless(rdata, tdata);
+        return;
+    }
+    if (ar == AUTH_BAD) {
+        r->n_auth_failures++;
+        int blocked = source_failed(r, src);
+        respond(rdata, 403, "Forbidden");
+        security_event(r, blocked ? "auth_failure_blocked" : "auth_failure", rdata, "REGISTER digest rejected");
+        return;
+    }
+    /* The AOR (To user) must be the authenticated user's own. */
+    const pjsip_sip_uri *to = (const pjsip_sip_uri *)pjsip_uri_get_uri(rdata->msg_info.to->uri);
+    if (!PJSIP_URI_SCHEME_IS_SIP(rdata->msg_info.to->uri) && !PJSIP_URI_SCHEME_IS_SIPS(rdata->msg_info.to->uri)) {
+        respond(rdata, 404, "Not Found");
+        return;
+    }
+    if (!pjstr_eq(&to->user, u->username) && !pjstr_eq(&to->user, u->extension)) {
+        respond(rdata, 403, "Forbidden");
+        security_event(r, "aor_mismatch", rdata, "To user is not the authenticated user");
+        return;
+    }
+
+    pjsip_expires_hdr *eh = (pjsip_expires_hdr *)pjsip_msg_find_hdr(msg, PJSIP_H_EXPIRES, NULL);
+    const pj_str_t *call_id = &rdata->msg_info.cid->id;
+    pj_uint32_t cseq = rdata->msg_info.cseq->cseq;
+    aor_t *a = find_aor(r, u->username, 0, u);
+
+    /* First pass: validate every contact (star rules, expiry bounds) before changing anything. */
+    int star = 0, ncontacts = 0;
+    for (pjsip_contact_hdr *c = (pjsip_contact_hdr *)pjsip_msg_find_hdr(msg, PJSIP_H_CONTACT, NULL); c;
+         c = (pjsip_contact_hdr *)pjsip_msg_find_hdr(msg, PJSIP_H_CONTACT, c->next)) {
+        ncontacts++;
+        if (c->star) star = 1;
+        unsigned exp = requested_expires(r, c, eh);
+        if (!c->star && exp > 0 && exp < r->min_expires) {
+            pjsip_tx_data *tdata = new_response(rdata, 423, "Interval Too Brief");
+            if (!tdata) return;
+            char v[16];
+            snprintf(v, sizeof(v), "%u", r->min_expires);
+            pj_str_t hn = pj_str("Min-Expires"), hv;
+            pj_strdup2(tdata->pool, &hv, v);
+            pjsip_msg_add_hdr(tdata->msg, (pjsip_hdr *)pjsip_generic_string_hdr_create(tdata->pool, &hn, &hv));
+            r->n_423++;
+            send_stateless(rdata, tdata);
+            return;
+        }
+    }
+    if (star && (ncontacts > 1 || !eh || eh->ivalue != 0)) {
+        respond(rdata, 400, "Invalid Contact: * needs Expires: 0 and no other Contact");
+        return;
+    }
+
+    if (star) {
+        if (a) {
+            for (int i = a->count - 1; i >= 0; i--) {
+                binding_t *b = &a->contacts[i];
+                if (pjstr_eq(call_id, b->call_id) && cseq <= b->cseq) continue;
+                remove_binding(r, a, i, "unregistered");
+            }
+        }
+    } else if (ncontacts) {
+        if (!a) a = find_aor(r, u->username, 1, u);
+        char uri_buf[1024];
+        for (pjsip_contact_hdr *c = (pjsip_contact_hdr *)pjsip_msg_find_hdr(msg, PJSIP_H_CONTACT, NULL); c;
+             c = (pjsip_contact_hdr *)pjsip_msg_find_hdr(msg, PJSIP_H_CONTACT, c->next)) {
+            uri_to_str(c->uri, uri_buf, sizeof(uri_buf));
+            unsigned exp = requested_expires(r, c, eh);
+            if (exp > r->max_expires) exp = r->max_expires;
+            int found = -1;
+            for (int i = 0; i < a->count; i++)
+                if (strcmp(a->contacts[i].contact, uri_buf) == 0) found = i;
+            if (found >= 0) {
+                binding_t *b = &a->contacts[found];
+                if (pjstr_eq(call_id, b->call_id) && cseq < b->cseq) {
+                    r->n_500++;
+                    respond(rdata, 500, "Out of order CSeq");
+                    return;
+                }
+            }
+            if (exp == 0) {
+                if (found >= 0) remove_binding(r, a, found, "unregistered");
+                continue;
+            }
+            binding_t *b;
+            int is_new = found < 0;
+            if (is_new) {
+                if (a->count == MAX_CONTACTS_PER_AOR) {
+                    /* Full: the binding closest to expiry makes room. */
+                    int oldest = 0;
+                    for (int i = 1; i < a->count; i++)
+                        if (a->contacts[i].expires_at < a->contacts[oldest].expires_at) oldest = i;
+                    remove_binding(r, a, oldest, "unregistered");
+                }
+                b = &a->contacts[a->count++];
+                memset(b, 0, sizeof(*b));
+                b->contact = strdup(uri_buf);
+                b->registered_at = wall_ms();
+            } else {
+                b = &a->contacts[found];
+                free(b->call_id);
+                free(b->user_agent);
+            }
+            b->call_id = dup_pjstr(call_id);
+            b->cseq = cseq;
+            b->expires_at = now_ms() + (pj_uint64_t)exp * 1000;
+            b->q1000 = c->q1000 > 0 ? c->q1000 : 1000;
+            snprintf(b->source_ip, sizeof(b->source_ip), "%s", rdata->pkt_info.src_name);
+            b->source_port = rdata->pkt_info.src_port;
+            snprintf(b->transport, sizeof(b->transport), "%s", rdata->tp_info.transport->type_name);
+            pjsip_generic_string_hdr *uah = (pjsip_generic_string_hdr *)pjsip_msg_find_hdr_by_name(
+                msg, &(pj_str_t){"User-Agent", 10}, NULL);
+            b->user_agent = uah ? dup_pjstr(&uah->hvalue) : NULL;
+            b->nat = contact_is_natted(c->uri, rdata);
+            WITH_GIL(push_event(r, is_new ? "registered" : "refreshed", binding_dict(a, b)));
+        }
+    }
+    pjsip_tx_data *tdata = new_response(rdata, 200, NULL);
+    if (!tdata) return;
+    add_contacts_to_response(a, tdata);
+    r->n_register_ok++;
+    send_stateless(rdata, tdata);
+}
+
+/* ---- the INVITE gate ------------------------------------------------------------------------ */
+
+/* The `tk` parameter of the Request-URI: the route token of one of our registrations. */
+static int ruri_token(pjsip_rx_data *rdata, char *out, size_t len) {
+    pjsip_uri *ruri = rdata->msg_info.msg->line.req.uri;
+    if (!PJSIP_URI_SCHEME_IS_SIP(ruri) && !PJSIP_URI_SCHEME_IS_SIPS(ruri)) return 0;
+    pjsip_sip_uri *sip = (pjsip_sip_uri *)pjsip_uri_get_uri(ruri);
+    pj_str_t name = pj_str("tk");
+    pjsip_param *p = pjsip_param_find(&sip->other_param, &name);
+    if (!p || p->value.slen <= 0) return 0;
+    snprintf(out, len, "%.*s", (int)p->value.slen, p->value.ptr);
+    return 1;
+}
+
+/* Trunk rows are tried in order: route tokens ("token:<t>", registered fixed trunks) first,
+ * then source addresses (unregistered fixed trunks). */
+static const trunk_t *match_trunk(RegistrarObject *r, pjsip_rx_data *rdata) {
+    char token[96];
+    int has_token = ruri_token(rdata, token, sizeof(token));
+    for (int i = 0; i < r->ntrunks; i++) {
+        const trunk_t *t = &r->trunks[i];
+        if (strncmp(t->ip, "token:", 6) == 0) {
+            if (has_token && strcmp(t->ip + 6, token) == 0) return t;
+            continue;
+        }
+        if (strcmp(t->ip, rdata->pkt_info.src_name) == 0 && (t->port == 0 || t->port == rdata->pkt_info.src_port))
+            return t;
+    }
+    return NULL;
+}
+
+/* A dynamic trunk is recognised by a live binding of its credentials at the INVITE's source. */
+static const aor_t *match_dynamic_trunk(RegistrarObject *r, pjsip_rx_data *rdata) {
+    pj_uint64_t now = now_ms();
+    for (int i = 0; i < 1024; i++)
+        for (user_t *u = r->users[i]; u; u = u->next) {
+            if (strncmp(u->group, "trunk:", 6) != 0) continue;
+            aor_t *a = find_aor(r, u->username, 0, u);
+            for (int j = 0; a && j < a->count; j++) {
+                binding_t *b = &a->contacts[j];
+                if (b->expires_at > now && strcmp(b->source_ip, rdata->pkt_info.src_name) == 0 &&
+                    b->source_port == rdata->pkt_info.src_port)
+                    return a;
+            }
+        }
+    return NULL;
+}
+
+static void remember_classification(RegistrarObject *r, pjsip_rx_data *rdata, const char *kind, const char *ref,
+                                    const char *extension, const char *group) {
+    const pj_str_t *cid = &rdata->msg_info.cid->id;
+    pj_uint32_t h = fnv1a(cid->ptr, (size_t)cid->slen) % CLASSIFY_SLOTS;
+    classify_slot_t *s = &r->classified[h];
+    free(s->ref);
+    free(s->extension);
+    free(s->group);
+    memset(s, 0, sizeof(*s));
+    snprintf(s->call_id, sizeof(s->call_id), "%.*s", (int)cid->slen, cid->ptr);
+    snprintf(s->kind, sizeof(s->kind), "%s", kind);
+    s->ref = strdup(ref);
+    s->extension = extension ? strdup(extension) : NULL;
+    s->group = group ? strdup(group) : NULL;
+    s->at = now_ms();
+}
+
+static pj_bool_t handle_invite(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t *src) {
+    const trunk_t *t = match_trunk(r, rdata);
+    if (t) {
+        remember_classification(r, rdata, "trunk", t->ref, NULL, NULL);
+        r->n_invite_passed++;
+        return PJ_FALSE;
+    }
+    const aor_t *dyn = match_dynamic_trunk(r, rdata);
+    if (dyn) {
+        remember_classification(r, rdata, "extension", dyn->username, dyn->extension, dyn->group);
+        r->n_invite_passed++;
+        return PJ_FALSE;
+    }
+    user_t *u = NULL;
+    auth_result_t ar = verify_digest(r, rdata, 1, &u);
+    if (ar == AUTH_OK) {
+        remember_classification(r, rdata, "extension", u->username, u->extension, u->group);
+        r->n_invite_passed++;
+        return PJ_FALSE;
+    }
+    if (ar == AUTH_BAD) {
+        r->n_auth_failures++;
+        r->n_invite_refused++;
+        int blocked = source_failed(r, src);
+        respond(rdata, 403, "Forbidden");
+        security_event(r, blocked ? "auth_failure_blocked" : "auth_failure", rdata, "INVITE digest rejected");
+        return PJ_TRUE;
+    }
+    /* No credentials (or stale ones): challenge. Nothing unauthenticated is ever routed. */
+    pjsip_tx_data *tdata = new_response(rdata, 407, NULL);
+    if (!tdata) return PJ_TRUE;
+    add_challenges(r, tdata, rdata, 1, ar == AUTH_STALE);
+    r->n_invite_challenged++;
+    send_stateless(rdata, tdata);
+    if (ar == AUTH_NONE) security_event(r, "invite_challenged", rdata, "INVITE from an unknown source");
+    return PJ_TRUE;
+}
+
+static int agent_refused(RegistrarObject *r, pjsip_rx_data *rdata) {
+    if (!r->nblocked_agents) return 0;
+    pjsip_generic_string_hdr *uah = (pjsip_generic_string_hdr *)pjsip_msg_find_hdr_by_name(
+        rdata->msg_info.msg, &(pj_str_t){"User-Agent", 10}, NULL);
+    if (!uah) return 0;
+    char ua[256];
+    snprintf(ua, sizeof(ua), "%.*s", (int)uah->hvalue.slen, uah->hvalue.ptr);
+    for (char *p = ua; *p; p++) *p = (char)tolower((unsigned char)*p);
+    for (int i = 0; i < r->nblocked_agents; i++)
+        if (strstr(ua, r->blocked_agents[i])) return 1;
+    return 0;
+}
+
+static pj_bool_t on_rx_request(pjsip_rx_data *rdata) {
+    RegistrarObject *r = the_registrar;
+    if (!r) return PJ_FALSE;
+    pjsip_method_e mid = rdata->msg_info.msg->line.req.method.id;
+    /* In-dialog requests and ACKs belong to calls already admitted. */
+    int initial = rdata->msg_info.to && rdata->msg_info.to->tag.slen == 0;
+    if (!initial || mid == PJSIP_ACK_METHOD || mid == PJSIP_CANCEL_METHOD) return PJ_FALSE;
+
+    source_slot_t *src = source_of(r, rdata->pkt_info.src_name);
+    if (source_blocked(r, src)) {
+        r->n_dropped++;
+        return PJ_TRUE; /* silently: a blocked scanner learns nothing */
+    }
+    if (!source_admit(r, src)) {
+        r->n_dropped++;
+        if (source_failed(r, src)) security_event(r, "flood_blocked", rdata, "request rate over the flood limit");
+        return PJ_TRUE;
+    }
+    if (agent_refused(r, rdata)) {
+        r->n_dropped++;
+        security_event(r, "user_agent_refused", rdata, "User-Agent on the refusal list");
+        return PJ_TRUE;
+    }
+    if (mid == PJSIP_REGISTER_METHOD) {
+        handle_register(r, rdata, src);
+        return PJ_TRUE;
+    }
+    if (mid == PJSIP_INVITE_METHOD) return handle_invite(r, rdata, src);
+    return PJ_FALSE;
+}
+
+/* ---- Python API ------------------------------------------------------------------------------ */
+
+/* The tables are the UA thread's: refuse calls from any other thread instead of racing. */
+#define UA_ONLY(ret) \
+    if (ss_require_pj_thread()) return ret
+
+
+static int Registrar_init(RegistrarObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"realm", NULL};
+    const char *realm = "softswitch";
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|s", kwlist, &realm)) return -1;
+    if (self->installed) {
+        PyErr_SetString(PyExc_RuntimeError, "Registrar already initialised");
+        return -1;
+    }
+    if (the_registrar) {
+        PyErr_SetString(PyExc_RuntimeError, "a Registrar is already installed on this endpoint");
+        return -1;
+    }
+    if (ss_require_pj_thread()) return -1;
+    snprintf(self->realm, sizeof(self->realm), "%s", realm);
+    self->min_expires = 60;
+    self->max_expires = 3600;
+    self->default_expires = 600;
+    self->nonce_ttl = 300;
+    self->fail_limit = 10;
+    self->fail_window = 60;
+    self->block_seconds = 300;
+    self->flood_rate = 0;
+    self->flood_burst = 100;
+    self->challenge_md5 = 1;
+    self->challenge_sha256 = 1;
+    self->sha256_first = 0;
+    pj_create_random_string((char *)self->secret, sizeof(self->secret));
+    self->events = PyList_New(0);
+    if (!self->events) return -1;
+
+    memset(&self->mod, 0, sizeof(self->mod));
+    self->mod.name = pj_str("mod-softswitch-registrar");
+    self->mod.id = -1;
+    self->mod.priority = PJSIP_MOD_PRIORITY_APPLICATION - 1; /* 63: before pjsua (64) */
+    self->mod.on_rx_request = &on_rx_request;
+    pjsip_endpoint *endpt = pjsua_get_pjsip_endpt();
+    pj_status_t st = pjsip_endpt_register_module(endpt, &self->mod);
+    if (st != PJ_SUCCESS) {
+        ss_raise_pj("pjsip_endpt_register_module", st);
+        return -1;
+    }
+    pj_str_t reg = pj_str("REGISTER");
+    pjsip_endpt_add_capability(endpt, &self->mod, PJSIP_H_ALLOW, NULL, 1, &reg);
+    self->installed = 1;
+    the_registrar = self;
+    return 0;
+}
+
+static void free_trunks(RegistrarObject *r) {
+    for (int i = 0; i < r->ntrunks; i++) {
+        free(r->trunks[i].ref);
+        free(r->trunks[i].ip);
+    }
+    free(r->trunks);
+    r->trunks = NULL;
+    r->ntrunks = 0;
+}
+
+static void free_agents(RegistrarObject *r) {
+    for (int i = 0; i < r->nblocked_agents; i++) free(r->blocked_agents[i]);
+    free(r->blocked_agents);
+    r->blocked_agents = NULL;
+    r->nblocked_agents = 0;
+}
+
+static void free_aors(RegistrarObject *r) {
+    for (int i = 0; i < 4096; i++) {
+        aor_t *a = r->aors[i];
+        while (a) {
+            aor_t *next = a->next;
+            for (int j = 0; j < a->count; j++) binding_free(&a->contacts[j]);
+            free(a->username);
+            free(a->extension);
+            free(a->group);
+            free(a);
+            a = next;
+        }
+        r->aors[i] = NULL;
+    }
+    for (int i = 0; i < CLASSIFY_SLOTS; i++) {
+        free(r->classified[i].ref);
+        free(r->classified[i].extension);
+        free(r->classified[i].group);
+        memset(&r->classified[i], 0, sizeof(classify_slot_t));
+    }
+}
+
+static PyObject *Registrar_close(RegistrarObject *self, PyObject *unused) {
+    if (self->installed) {
+        if (pjsua_get_state() != PJSUA_STATE_NULL) pjsip_endpt_unregister_module(pjsua_get_pjsip_endpt(), &self->mod);
+        self->installed = 0;
+        if (the_registrar == self) the_registrar = NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static void Registrar_dealloc(RegistrarObject *self) {
+    if (self->installed && ss_is_pj_thread()) Registrar_close(self, NULL);
+    if (the_registrar == self) the_registrar = NULL;
+    free_users(self);
+    free_aors(self);
+    free_trunks(self);
+    free_agents(self);
+    Py_XDECREF(self->events);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* configure(**policy): expiry bounds, nonce lifetime, throttling, flood limit, algorithms. */
+static PyObject *Registrar_configure(RegistrarObject *self, PyObject *args, PyObject *kwds) {
+    UA_ONLY(NULL);
+    static char *kwlist[] = {"min_expires", "max_expires", "default_expires", "nonce_ttl", "fail_limit",
+                             "fail_window", "block_seconds", "flood_rate", "flood_burst", "md5", "sha256",
+                             "sha256_first", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|IIIIIIIddppp", kwlist, &self->min_expires, &self->max_expires,
+                                     &self->default_expires, &self->nonce_ttl, &self->fail_limit, &self->fail_window,
+                                     &self->block_seconds, &self->flood_rate, &self->flood_burst,
+                                     &self->challenge_md5, &self->challenge_sha256, &self->sha256_first))
+        return NULL;
+    if (!self->challenge_md5 && !self->challenge_sha256) {
+        self->challenge_md5 = 1;
+        PyErr_SetString(PyExc_ValueError, "at least one digest algorithm (md5, sha256) must be enabled");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* set_users([(username, password, extension, group), ...]): replaces the credential table. */
+static PyObject *Registrar_set_users(RegistrarObject *self, PyObject *arg) {
+    UA_ONLY(NULL);
+    PyObject *seq = PySequence_Fast(arg, "set_users expects a sequence of (username, password, extension, group)");
+    if (!seq) return NULL;
+    user_t *fresh[1024] = {0};
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *username, *password, *extension, *group;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "ssss", &username, &password, &extension, &group)) {
+            Py_DECREF(seq);
+            for (int k = 0; k < 1024; k++)
+                while (fresh[k]) {
+                    user_t *next = fresh[k]->next;
+                    free(fresh[k]->username); free(fresh[k]->extension); free(fresh[k]->group); free(fresh[k]);
+                    fresh[k] = next;
+                }
+            return NULL;
+        }
+        user_t *u = calloc(1, sizeof(user_t));
+        u->username = strdup(username);
+        u->extension = strdup(extension);
+        u->group = strdup(group);
+        const char *parts[3] = {username, self->realm, password};
+        size_t lens[3] = {strlen(username), strlen(self->realm), strlen(password)};
+        digest_hex(ALG_MD5, u->ha1_md5, parts, lens, 3);
+        digest_hex(ALG_SHA256, u->ha1_sha256, parts, lens, 3);
+        pj_uint32_t h = fnv1a(username, strlen(username)) % 1024;
+        u->next = fresh[h];
+        fresh[h] = u;
+    }
+    Py_DECREF(seq);
+    free_users(self);
+    memcpy(self->users, fresh, sizeof(fresh));
+    Py_RETURN_NONE;
+}
+
+/* set_trunks([(ref, ip, port), ...]): fixed-address trunks, matched by source (port 0 = any). */
+static PyObject *Registrar_set_trunks(RegistrarObject *self, PyObject *arg) {
+    UA_ONLY(NULL);
+    PyObject *seq = PySequence_Fast(arg, "set_trunks expects a sequence of (ref, ip, port)");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    trunk_t *fresh = calloc((size_t)n + 1, sizeof(trunk_t));
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *ref, *ip;
+        int port;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "ssi", &ref, &ip, &port)) {
+            for (Py_ssize_t k = 0; k < i; k++) { free(fresh[k].ref); free(fresh[k].ip); }
+            free(fresh);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        fresh[i].ref = strdup(ref);
+        fresh[i].ip = strdup(ip);
+        fresh[i].port = port;
+    }
+    Py_DECREF(seq);
+    free_trunks(self);
+    self->trunks = fresh;
+    self->ntrunks = (int)n;
+    Py_RETURN_NONE;
+}
+
+/* set_refused_user_agents([substring, ...]): case-insensitive User-Agent substrings to drop. */
+static PyObject *Registrar_set_refused_user_agents(RegistrarObject *self, PyObject *arg) {
+    UA_ONLY(NULL);
+    PyObject *seq = PySequence_Fast(arg, "expects a sequence of strings");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    char **fresh = calloc((size_t)n + 1, sizeof(char *));
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *s = PyUnicode_AsUTF8(PySequence_Fast_GET_ITEM(seq, i));
+        if (!s) {
+            for (Py_ssize_t k = 0; k < i; k++) free(fresh[k]);
+            free(fresh);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        fresh[i] = strdup(s);
+        for (char *p = fresh[i]; *p; p++) *p = (char)tolower((unsigned char)*p);
+    }
+    Py_DECREF(seq);
+    free_agents(self);
+    self->blocked_agents = fresh;
+    self->nblocked_agents = (int)n;
+    Py_RETURN_NONE;
+}
+
+/* expire() -> number of bindings that expired now (each also queued as an "expired" event). */
+static PyObject *Registrar_expire(RegistrarObject *self, PyObject *unused) {
+    UA_ONLY(NULL);
+    pj_uint64_t now = now_ms();
+    long n = 0;
+    for (int i = 0; i < 4096; i++)
+        for (aor_t *a = self->aors[i]; a; a = a->next)
+            for (int j = a->count - 1; j >= 0; j--)
+                if (a->contacts[j].expires_at <= now) {
+                    remove_binding(self, a, j, "expired");
+                    n++;
+                }
+    for (int i = 0; i < CLASSIFY_SLOTS; i++) {
+        classify_slot_t *s = &self->classified[i];
+        if (s->call_id[0] && now - s->at > 64000) {
+            free(s->ref); free(s->extension); free(s->group);
+            memset(s, 0, sizeof(*s));
+        }
+    }
+    return PyLong_FromLong(n);
+}
+
+static PyObject *Registrar_poll_events(RegistrarObject *self, PyObject *unused) {
+    UA_ONLY(NULL);
+    PyObject *out = self->events;
+    self->events = PyList_New(0);
+    return out;
+}
+
+/* bindings(username=None) -> list of dicts, live bindings only. */
+static PyObject *Registrar_bindings(RegistrarObject *self, PyObject *args) {
+    UA_ONLY(NULL);
+    const char *username = NULL;
+    if (!PyArg_ParseTuple(args, "|z", &username)) return NULL;
+    PyObject *list = PyList_New(0);
+    pj_uint64_t now = now_ms();
+    for (int i = 0; i < 4096 && list; i++)
+        for (aor_t *a = self->aors[i]; a; a = a->next) {
+            if (username && strcmp(username, a->username) != 0) continue;
+            for (int j = 0; j < a->count; j++) {
+                if (a->contacts[j].expires_at <= now) continue;
+                PyObject *d = binding_dict(a, &a->contacts[j]);
+                if (!d || PyList_Append(list, d) < 0) {
+                    Py_XDECREF(d);
+                    Py_DECREF(list);
+                    return NULL;
+                }
+                Py_DECREF(d);
+            }
+        }
+    return list;
+}
+
+/* take_classification(call_id) -> (kind, ref, extension, group) or None, removing it. */
+static PyObject *Registrar_take_classification(RegistrarObject *self, PyObject *arg) {
+    UA_ONLY(NULL);
+    Py_ssize_t len;
+    const char *cid = PyUnicode_AsUTF8AndSize(arg, &len);
+    if (!cid) return NULL;
+    classify_slot_t *s = &self->classified[fnv1a(cid, (size_t)len) % CLASSIFY_SLOTS];
+    if (!s->call_id[0] || strcmp(s->call_id, cid) != 0) Py_RETURN_NONE;
+    PyObject *out = Py_BuildValue("(sszz)", s->kind, s->ref, s->extension, s->group);
+    free(s->ref); free(s->extension); free(s->group);
+    memset(s, 0, sizeof(*s));
+    return out;
+}
+
+static PyObject *Registrar_unblock(RegistrarObject *self, PyObject *arg) {
+    UA_ONLY(NULL);
+    const char *ip = PyUnicode_AsUTF8(arg);
+    if (!ip) return NULL;
+    for (int i = 0; i < SOURCE_SLOTS; i++)
+        if (strcmp(self->sources[i].ip, ip) == 0) memset(&self->sources[i], 0, sizeof(source_slot_t));
+    Py_RETURN_NONE;
+}
+
+static PyObject *Registrar_blocked_sources(RegistrarObject *self, PyObject *unused) {
+    UA_ONLY(NULL);
+    PyObject *list = PyList_New(0);
+    pj_uint64_t now = now_ms();
+    for (int i = 0; i < SOURCE_SLOTS && list; i++)
+        if (self->sources[i].ip[0] && self->sources[i].blocked_until > now) {
+            PyObject *item = Py_BuildValue("(sd)", self->sources[i].ip,
+                                           (double)(self->sources[i].blocked_until - now) / 1000.0);
+            PyList_Append(list, item);
+            Py_XDECREF(item);
+        }
+    return list;
+}
+
+static PyObject *Registrar_stats(RegistrarObject *self, PyObject *unused) {
+    UA_ONLY(NULL);
+    long bindings = 0;
+    for (int i = 0; i < 4096; i++)
+        for (aor_t *a = self->aors[i]; a; a = a->next) bindings += a->count;
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:l}", "register", self->n_register,
+                         "register_ok", self->n_register_ok, "challenges", self->n_challenges, "auth_failures",
+                         self->n_auth_failures, "dropped", self->n_dropped, "invite_passed", self->n_invite_passed,
+                         "invite_challenged", self->n_invite_challenged, "invite_refused", self->n_invite_refused,
+                         "interval_too_brief", self->n_423, "out_of_order", self->n_500, "bindings", bindings);
+}
+
+static PyObject *Registrar_get_realm(RegistrarObject *self, void *c) { return PyUnicode_FromString(self->realm); }
+
+static PyMethodDef Registrar_methods[] = {
+    {"configure", (PyCFunction)(void (*)(void))Registrar_configure, METH_VARARGS | METH_KEYWORDS, "Set the policy."},
+    {"set_users", (PyCFunction)Registrar_set_users, METH_O, "Replace the credential table."},
+    {"set_trunks", (PyCFunction)Registrar_set_trunks, METH_O, "Replace the fixed-address trunk table."},
+    {"set_refused_user_agents", (PyCFunction)Registrar_set_refused_user_agents, METH_O, "User-Agent substrings to drop."},
+    {"expire", (PyCFunction)Registrar_expire, METH_NOARGS, "Remove expired bindings; returns how many."},
+    {"poll_events", (PyCFunction)Registrar_poll_events, METH_NOARGS, "Events since the last poll: [(kind, dict)]."},
+    {"bindings", (PyCFunction)Registrar_bindings, METH_VARARGS, "Live bindings, optionally of one username."},
+    {"take_classification", (PyCFunction)Registrar_take_classification, METH_O, "How an admitted INVITE was classified."},
+    {"unblock", (PyCFunction)Registrar_unblock, METH_O, "Lift a throttle on a source IP."},
+    {"blocked_sources", (PyCFunction)Registrar_blocked_sources, METH_NOARGS, "[(ip, seconds left)]."},
+    {"stats", (PyCFunction)Registrar_stats, METH_NOARGS, "Counters."},
+    {"close", (PyCFunction)Registrar_close, METH_NOARGS, "Unregister the module (UA thread)."},
+    {NULL}};
+
+static PyGetSetDef Registrar_getset[] = {{"realm", (getter)Registrar_get_realm, NULL, NULL, NULL}, {NULL}};
+
+PyTypeObject RegistrarType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "_softswitch_native.Registrar",
+    .tp_basicsize = sizeof(RegistrarObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The registrar and INVITE gate: a pjsip module at priority 63 on the pjsua endpoint.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Registrar_init,
+    .tp_dealloc = (destructor)Registrar_dealloc,
+    .tp_methods = Registrar_methods,
+    .tp_getset = Registrar_getset,
+};

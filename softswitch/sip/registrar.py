@@ -1,0 +1,216 @@
+"""The registrar and the SIP edge's gate, seen from Python.
+
+The hot path (REGISTER digest auth and bindings, INVITE admission, throttling) is native code
+in `native/registrar.c`, a pjsip module at priority 63. This module configures it from the
+config, drains its events on the UA loop into typed events, logs every refusal as a security
+event, and answers questions the rest of softswitch asks: where is extension 1001 registered,
+and which trunk or extension did this INVITE come from.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import _softswitch_native as native
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from .endpoint import UserAgent
+
+log = logging.getLogger("softswitch.registrar")
+security_log = logging.getLogger("softswitch.security")
+
+EXPIRY_SWEEP_SECONDS = 1.0
+DYNAMIC_TRUNK_GROUP = "trunk:"  # extension-user group prefix of dynamic trunks' credentials
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Where one registered endpoint can be reached."""
+
+    username: str
+    extension: str
+    group: str
+    contact: str
+    expires: int
+    source_ip: str
+    source_port: int
+    transport: str
+    nat: bool
+    user_agent: str
+    call_id: str
+
+    @property
+    def target_uri(self) -> str:
+        """The URI to send requests to: the Contact, or where the REGISTER came from when the
+        Contact is not reachable (the phone is behind NAT)."""
+        if not self.nat:
+            return self.contact
+        return _rewrite_host(self.contact, self.source_ip, self.source_port, self.transport)
+
+    @classmethod
+    def from_native(cls, d: dict) -> "Binding":
+        return cls(username=d["username"], extension=d["extension"], group=d["group"], contact=d["contact"],
+                   expires=d["expires"], source_ip=d["source_ip"], source_port=d["source_port"],
+                   transport=d["transport"], nat=d["nat"], user_agent=d["user_agent"], call_id=d["call_id"])
+
+
+@dataclass(frozen=True)
+class RegistrationEvent:
+    kind: str  # registered | refreshed | unregistered | expired
+    binding: Binding
+
+
+@dataclass(frozen=True)
+class SecurityEvent:
+    event: str  # auth_failure | auth_failure_blocked | invite_challenged | user_agent_refused | flood_blocked | aor_mismatch
+    source_ip: str
+    source_port: int
+    transport: str
+    method: str
+    user_agent: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Admission:
+    """How the gate admitted an INVITE: from a trunk (ref) or an authenticated extension."""
+
+    kind: str  # trunk | extension
+    ref: str  # trunk ref, or the extension's username
+    extension: str | None = None
+    group: str | None = None
+
+
+def _rewrite_host(uri: str, host: str, port: int, transport: str) -> str:
+    scheme, _, rest = uri.partition(":")
+    userinfo, at, hostpart = rest.rpartition("@")
+    params = ""
+    for sep in (";", "?", ">"):
+        if sep in hostpart:
+            idx = hostpart.index(sep)
+            params = hostpart[idx:] + params if not params else params
+            hostpart = hostpart[:idx]
+            break
+    if ";transport=" not in params.lower() and transport.upper() == "TCP":
+        params = ";transport=tcp" + params
+    user = f"{userinfo}@" if at else ""
+    return f"{scheme}:{user}{host}:{port}{params}"
+
+
+def _resolve(host: str) -> str:
+    try:
+        return socket.gethostbyname(host)
+    except OSError as exc:
+        raise ValueError(f"cannot resolve trunk address {host!r}: {exc}") from None
+
+
+class Registrar:
+    """Owned by the UserAgent; every method runs on the UA thread."""
+
+    def __init__(self, ua: "UserAgent", config: "Config") -> None:
+        self.ua = ua
+        self._native = native.Registrar(config.registrar.realm)
+        self._listeners: list[Callable[[RegistrationEvent], None]] = []
+        self._route_tokens: dict[str, str] = {}
+        self.apply_config(config)
+        self._sweep = ua.timers.schedule(EXPIRY_SWEEP_SECONDS, self._expire, "registrar-expiry")
+
+    # ---- configuration --------------------------------------------------------------------
+    def apply_config(self, config: "Config") -> None:
+        reg, sec = config.registrar, config.security
+        self._native.configure(
+            min_expires=reg.min_expires, max_expires=reg.max_expires, default_expires=reg.default_expires,
+            nonce_ttl=reg.nonce_ttl_seconds, fail_limit=sec.auth_failure_limit,
+            fail_window=sec.auth_failure_window_seconds, block_seconds=sec.block_seconds,
+            flood_rate=float(sec.flood_requests_per_second), flood_burst=float(sec.flood_burst),
+            md5="MD5" in reg.algorithms, sha256="SHA-256" in reg.algorithms,
+            sha256_first=bool(reg.algorithms) and reg.algorithms[0] == "SHA-256")
+        users = [(u.username, u.password, u.extension, group)
+                 for group, members in config.extension_users.items() for u in members]
+        users += [(t.username, t.password, t.name, DYNAMIC_TRUNK_GROUP + t.name)
+                  for t in config.trunks.values() if t.mode == "dynamic"]
+        self._native.set_users(users)
+        self._native.set_refused_user_agents(list(config.security.refused_user_agents))
+        self._trunk_rows = []
+        for trunk in config.trunks.values():
+            if trunk.mode != "fixed":
+                continue
+            host = trunk.address or config.connections[trunk.connection].sip_server  # type: ignore[index]
+            self._trunk_rows.append((trunk.name, _resolve(host), trunk.port))
+        self._push_trunks()
+
+    def set_route_token(self, trunk_ref: str, token: str) -> None:
+        """INVITEs whose Request-URI carries `;tk=<token>` come from this registered trunk."""
+        self._route_tokens[trunk_ref] = token
+        self._push_trunks()
+
+    def _push_trunks(self) -> None:
+        # Registered fixed trunks (route token) are matched before unregistered ones (address).
+        rows = [(ref, "token:" + tok, 0) for ref, tok in self._route_tokens.items()]
+        self._native.set_trunks(rows + self._trunk_rows)
+
+    # ---- questions --------------------------------------------------------------------------
+    def bindings(self, username: str | None = None) -> list[Binding]:
+        return [Binding.from_native(d) for d in self._native.bindings(username)]
+
+    def bindings_for_extension(self, extension: str) -> list[Binding]:
+        return [b for b in self.bindings() if b.extension == extension and not b.group.startswith(DYNAMIC_TRUNK_GROUP)]
+
+    def dynamic_trunk_binding(self, trunk_ref: str) -> Binding | None:
+        found = [b for b in self.bindings() if b.group == DYNAMIC_TRUNK_GROUP + trunk_ref]
+        return max(found, key=lambda b: b.expires) if found else None
+
+    def take_admission(self, call_id: str) -> Admission | None:
+        row = self._native.take_classification(call_id)
+        if row is None:
+            return None
+        kind, ref, extension, group = row
+        if kind == "extension" and group and group.startswith(DYNAMIC_TRUNK_GROUP):
+            return Admission("trunk", group[len(DYNAMIC_TRUNK_GROUP):])
+        return Admission(kind, ref, extension, group)
+
+    def stats(self) -> dict:
+        return self._native.stats()
+
+    def blocked_sources(self) -> list[tuple[str, float]]:
+        return self._native.blocked_sources()
+
+    def unblock(self, ip: str) -> None:
+        self._native.unblock(ip)
+
+    # ---- events -------------------------------------------------------------------------------
+    def subscribe(self, listener: Callable[[RegistrationEvent], None]) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def poll(self) -> None:
+        """Drain the native event queue (called by the UA loop every turn)."""
+        events = self._native.poll_events()
+        for kind, data in events:
+            if kind == "security":
+                ev = SecurityEvent(**data)
+                security_log.warning("security event %s from %s:%d (%s %s): %s", ev.event, ev.source_ip,
+                                     ev.source_port, ev.transport, ev.method, ev.detail,
+                                     extra={"event": {"security": ev.event, "source_ip": ev.source_ip,
+                                                      "source_port": ev.source_port, "transport": ev.transport,
+                                                      "method": ev.method, "user_agent": ev.user_agent,
+                                                      "detail": ev.detail}})
+                continue
+            event = RegistrationEvent(kind, Binding.from_native(data))
+            if kind != "refreshed":
+                log.info("%s %s (%s) at %s from %s:%d", kind, event.binding.username, event.binding.extension,
+                         event.binding.contact, event.binding.source_ip, event.binding.source_port)
+            for listener in list(self._listeners):
+                self.ua.guard("registration listener", listener, event)
+
+    def _expire(self) -> None:
+        self._native.expire()
+        self._sweep = self.ua.timers.schedule(EXPIRY_SWEEP_SECONDS, self._expire, "registrar-expiry")
+
+    def close(self) -> None:
+        self._sweep.cancel()
+        self._native.close()
