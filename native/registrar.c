@@ -261,16 +261,18 @@ static void nonce_mac(RegistrarObject *r, const char *ts_hex, const char *src_ip
     digest_hex(ALG_MD5, out, parts, lens, 3);
 }
 
-static void make_nonce(RegistrarObject *r, const char *src_ip, char out[64]) {
-    char ts[17], mac[33];
-    snprintf(ts, sizeof(ts), "%llx", (unsigned long long)(wall_ms() / 1000));
+/* "<seconds hex><8 hex unique>.<mac>": unique per challenge, so each nonce has its own nc. */
+static void make_nonce(RegistrarObject *r, const char *src_ip, char out[80]) {
+    static pj_uint32_t counter;
+    char ts[32], mac[33];
+    snprintf(ts, sizeof(ts), "%llx%08x", (unsigned long long)(wall_ms() / 1000), ++counter ^ pj_rand());
     nonce_mac(r, ts, src_ip, mac);
-    snprintf(out, 64, "%s.%s", ts, mac);
+    snprintf(out, 80, "%s.%s", ts, mac);
 }
 
 /* 1 = valid and fresh, 0 = forged/foreign, -1 = genuine but expired (answer stale=true). */
 static int check_nonce(RegistrarObject *r, const pj_str_t *nonce, const char *src_ip) {
-    char buf[64], mac[33];
+    char buf[80], mac[33];
     if (nonce->slen <= 0 || nonce->slen >= (pj_ssize_t)sizeof(buf)) return 0;
     memcpy(buf, nonce->ptr, (size_t)nonce->slen);
     buf[nonce->slen] = 0;
@@ -279,6 +281,8 @@ static int check_nonce(RegistrarObject *r, const pj_str_t *nonce, const char *sr
     *dot = 0;
     nonce_mac(r, buf, src_ip, mac);
     if (strcmp(mac, dot + 1) != 0) return 0;
+    if (strlen(buf) <= 8) return 0;
+    buf[strlen(buf) - 8] = 0; /* drop the unique part: the rest is the time */
     unsigned long long ts = strtoull(buf, NULL, 16);
     unsigned long long now = wall_ms() / 1000;
     if (ts > now + 5 || now - ts > r->nonce_ttl) return -1;
@@ -369,7 +373,7 @@ static int source_failed(RegistrarObject *r, source_slot_t *s) {
 /* ---- responses --------------------------------------------------------------------------- */
 
 static void add_challenges(RegistrarObject *r, pjsip_tx_data *tdata, pjsip_rx_data *rdata, int proxy, int stale) {
-    char nonce[64];
+    char nonce[80];
     make_nonce(r, rdata->pkt_info.src_name, nonce);
     const char *algs[2];
     int n = 0;
@@ -526,8 +530,9 @@ static void remove_binding(RegistrarObject *r, aor_t *a, int i, const char *why)
     memset(&a->contacts[a->count], 0, sizeof(binding_t));
 }
 
+/* The Contact's URI itself (no display name, no angle brackets), with all its parameters. */
 static int uri_to_str(const pjsip_uri *uri, char *buf, size_t len) {
-    int n = pjsip_uri_print(PJSIP_URI_IN_CONTACT_HDR, uri, buf, len - 1);
+    int n = pjsip_uri_print(PJSIP_URI_IN_CONTACT_HDR, pjsip_uri_get_uri((pjsip_uri *)uri), buf, len - 1);
     if (n < 0) n = 0;
     buf[n] = 0;
     return n;
