@@ -124,7 +124,8 @@ typedef struct aor {
 typedef struct trunk {
     char *ref;
     char *ip;
-    int port; /* 0 = any */
+    int port;      /* 0 = any */
+    char *codecs;  /* ",pcmu,pcma,telephone-event," allow-list for offers from this trunk; NULL = all */
 } trunk_t;
 
 typedef struct nonce_slot {
@@ -713,6 +714,72 @@ static void handle_register(RegistrarObject *r, pjsip_rx_data *rdata, source_slo
 
 /* ---- the INVITE gate ------------------------------------------------------------------------ */
 
+static const char *static_pt_name(unsigned pt) {
+    switch (pt) {
+    case 0: return "pcmu";
+    case 8: return "pcma";
+    case 9: return "g722";
+    default: return NULL;
+    }
+}
+
+/* Removes from the INVITE's SDP offer every audio format not in `allowed` (",name,name,"), so
+ * pjsua negotiates only what this trunk may use. Returns 0 if nothing usable is left. */
+static int filter_offer(pjsip_rx_data *rdata, const char *allowed) {
+    pjsip_msg_body *body = rdata->msg_info.msg->body;
+    if (!allowed || !body || body->len == 0 || pj_stricmp2(&body->content_type.subtype, "sdp") != 0) return 1;
+    pj_pool_t *pool = rdata->tp_info.pool;
+    char *text = pj_pool_alloc(pool, body->len + 1);
+    memcpy(text, body->data, body->len);
+    text[body->len] = 0;
+    pjmedia_sdp_session *sdp = NULL;
+    if (pjmedia_sdp_parse(pool, text, body->len, &sdp) != PJ_SUCCESS) return 1; /* pjsua answers the bad SDP */
+    int usable = 0;
+    for (unsigned m = 0; m < sdp->media_count; m++) {
+        pjmedia_sdp_media *media = sdp->media[m];
+        if (pj_stricmp2(&media->desc.media, "audio") != 0) continue;
+        unsigned kept = 0;
+        for (unsigned f = 0; f < media->desc.fmt_count; f++) {
+            pj_str_t *fmt = &media->desc.fmt[f];
+            unsigned pt = (unsigned)pj_strtoul(fmt);
+            char name[40] = "";
+            const char *known = static_pt_name(pt);
+            if (known) snprintf(name, sizeof(name), "%s", known);
+            pjmedia_sdp_attr *a = pjmedia_sdp_media_find_attr2(media, "rtpmap", fmt);
+            pjmedia_sdp_rtpmap rtpmap;
+            if (a && pjmedia_sdp_attr_get_rtpmap(a, &rtpmap) == PJ_SUCCESS)
+                snprintf(name, sizeof(name), "%.*s", (int)rtpmap.enc_name.slen, rtpmap.enc_name.ptr);
+            for (char *c = name; *c; c++) *c = (char)tolower((unsigned char)*c);
+            char needle[48];
+            snprintf(needle, sizeof(needle), ",%s,", name);
+            if (name[0] && strstr(allowed, needle)) {
+                media->desc.fmt[kept++] = *fmt;
+                if (strcmp(name, "telephone-event") != 0) usable = 1;
+                continue;
+            }
+            /* Dropped: its rtpmap and fmtp go with it. */
+            for (unsigned i = 0; i < media->attr_count;) {
+                pjmedia_sdp_attr *at = media->attr[i];
+                if ((pj_stricmp2(&at->name, "rtpmap") == 0 || pj_stricmp2(&at->name, "fmtp") == 0) &&
+                    at->value.slen >= fmt->slen && pj_strncmp(&at->value, fmt, (pj_size_t)fmt->slen) == 0 &&
+                    (at->value.slen == fmt->slen || at->value.ptr[fmt->slen] == ' ')) {
+                    pjmedia_sdp_attr_remove(&media->attr_count, media->attr, at);
+                    continue;
+                }
+                i++;
+            }
+        }
+        media->desc.fmt_count = kept;
+    }
+    if (!usable) return 0;
+    char *out = pj_pool_alloc(pool, 4096);
+    int len = pjmedia_sdp_print(sdp, out, 4096);
+    if (len <= 0) return 1;
+    body->data = out;
+    body->len = (unsigned)len;
+    return 1;
+}
+
 /* The `tk` parameter of the Request-URI: the route token of one of our registrations. */
 static int ruri_token(pjsip_rx_data *rdata, char *out, size_t len) {
     pjsip_uri *ruri = rdata->msg_info.msg->line.req.uri;
@@ -779,6 +846,10 @@ static void remember_classification(RegistrarObject *r, pjsip_rx_data *rdata, co
 static pj_bool_t handle_invite(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t *src) {
     const trunk_t *t = match_trunk(r, rdata);
     if (t) {
+        if (!filter_offer(rdata, t->codecs)) {
+            respond(rdata, 488, "Not Acceptable Here");
+            return PJ_TRUE;
+        }
         remember_classification(r, rdata, "trunk", t->ref, NULL, NULL);
         r->n_invite_passed++;
         return PJ_FALSE;
@@ -841,8 +912,10 @@ static pj_bool_t on_rx_request(pjsip_rx_data *rdata) {
         return PJ_TRUE; /* silently: a blocked scanner learns nothing */
     }
     if (!source_admit(r, src)) {
+        /* Over the flood limit: the source is ignored for the block time, at once. */
         r->n_dropped++;
-        if (source_failed(r, src)) security_event(r, "flood_blocked", rdata, "request rate over the flood limit");
+        src->blocked_until = now_ms() + (pj_uint64_t)r->block_seconds * 1000;
+        security_event(r, "flood_blocked", rdata, "request rate over the flood limit");
         return PJ_TRUE;
     }
     if (agent_refused(r, rdata)) {
@@ -917,6 +990,7 @@ static void free_trunks(RegistrarObject *r) {
     for (int i = 0; i < r->ntrunks; i++) {
         free(r->trunks[i].ref);
         free(r->trunks[i].ip);
+        free(r->trunks[i].codecs);
     }
     free(r->trunks);
     r->trunks = NULL;
@@ -1028,7 +1102,8 @@ static PyObject *Registrar_set_users(RegistrarObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* set_trunks([(ref, ip, port), ...]): fixed-address trunks, matched by source (port 0 = any). */
+/* set_trunks([(ref, ip, port[, codecs]), ...]): fixed-address trunks, matched by source (port 0 =
+ * any); codecs is ",pcmu,telephone-event," style, the formats offers from that trunk may keep. */
 static PyObject *Registrar_set_trunks(RegistrarObject *self, PyObject *arg) {
     UA_ONLY(NULL);
     PyObject *seq = PySequence_Fast(arg, "set_trunks expects a sequence of (ref, ip, port)");
@@ -1036,10 +1111,10 @@ static PyObject *Registrar_set_trunks(RegistrarObject *self, PyObject *arg) {
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     trunk_t *fresh = calloc((size_t)n + 1, sizeof(trunk_t));
     for (Py_ssize_t i = 0; i < n; i++) {
-        const char *ref, *ip;
+        const char *ref, *ip, *codecs = NULL;
         int port;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "ssi", &ref, &ip, &port)) {
-            for (Py_ssize_t k = 0; k < i; k++) { free(fresh[k].ref); free(fresh[k].ip); }
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "ssi|z", &ref, &ip, &port, &codecs)) {
+            for (Py_ssize_t k = 0; k < i; k++) { free(fresh[k].ref); free(fresh[k].ip); free(fresh[k].codecs); }
             free(fresh);
             Py_DECREF(seq);
             return NULL;
@@ -1047,6 +1122,7 @@ static PyObject *Registrar_set_trunks(RegistrarObject *self, PyObject *arg) {
         fresh[i].ref = strdup(ref);
         fresh[i].ip = strdup(ip);
         fresh[i].port = port;
+        fresh[i].codecs = codecs && codecs[0] ? strdup(codecs) : NULL;
     }
     Py_DECREF(seq);
     free_trunks(self);

@@ -247,3 +247,54 @@ def test_wrong_password_flood_is_throttled_while_other_sources_register(server_f
     security = [e for e in events if e.get("security")]
     assert any(e["security"] == "auth_failure_blocked" and e["source_ip"] == "127.0.0.5" for e in security)
     assert all(e["source_ip"] == "127.0.0.5" for e in security)
+
+
+def test_request_flood_from_one_source_is_cut_while_others_are_served(server_factory):
+    server = server_factory(security={"flood_requests_per_second": 20, "flood_burst": 40, "block_seconds": 30})
+    answered = 0
+    with SipClient(("127.0.0.1", server.sip_port), local_ip="127.0.0.6", timeout=0.05) as flooder:
+        for i in range(200):
+            flooder.send(flooder.request("OPTIONS", f"sip:127.0.0.1:{server.sip_port}", from_user="f"))
+            answered += flooder.final(timeout=0.05) is not None
+    assert 35 <= answered <= 45, answered  # the burst, then nothing (the source is blocked)
+    with SipClient(("127.0.0.1", server.sip_port)) as other:
+        other.send(other.request("OPTIONS", f"sip:127.0.0.1:{server.sip_port}", from_user="o"))
+        assert other.final().status == 200
+    assert server.wait_for_log("security event flood_blocked from 127.0.0.6")
+
+
+def test_dynamic_trunk_registers_and_its_calls_arrive_as_trunk_calls(server_factory):
+    server = server_factory(trunks={"trunk_main": {"address": "127.0.0.1"},
+                                    "branch_pbx": {"mode": "dynamic", "username": "pbx7", "password": "s3cret"}})
+    with SipClient(("127.0.0.1", server.sip_port), local_ip="127.0.0.7") as pbx:
+        assert pbx.register("pbx7", "s3cret").status == 200
+        invite(pbx, server.sip_port, user="pbx7")
+        assert pbx.final().status == 200
+    assert server.wait_for_log("via trunk branch_pbx")
+    # Another source presenting no credentials is still challenged.
+    with SipClient(("127.0.0.1", server.sip_port), local_ip="127.0.0.8") as stranger:
+        invite(stranger, server.sip_port)
+        assert stranger.final().status == 407
+
+
+def test_trunk_codec_allow_list_limits_the_negotiated_codecs(server_factory):
+    server = server_factory(trunks={"trunk_main": {"address": "127.0.0.1"},
+                                    "alaw_only": {"address": "127.0.0.9", "codecs": ["PCMA"],
+                                                  "dtmf_methods": ["info"]}})
+    offer = ("v=0\r\no=- 1 1 IN IP4 127.0.0.9\r\ns=-\r\nc=IN IP4 127.0.0.9\r\nt=0 0\r\n"
+             "m=audio 40000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
+             "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n")
+    with SipClient(("127.0.0.1", server.sip_port), local_ip="127.0.0.9") as carrier:
+        headers = [("Contact", f"<sip:c@127.0.0.9:{carrier.local_port}>"), ("Content-Type", "application/sdp")]
+        carrier.send(carrier.request("INVITE", f"sip:555@127.0.0.1:{server.sip_port}", from_user="c",
+                                     headers=headers, body=offer))
+        answer = carrier.final()
+        assert answer.status == 200, answer.raw
+        m_line = re.search(r"m=audio \d+ RTP/AVP ([\d ]+)", answer.body).group(1).split()
+        assert m_line == ["8"], answer.body  # PCMA only, and no telephone-event (DTMF by INFO only)
+    with SipClient(("127.0.0.1", server.sip_port), local_ip="127.0.0.9") as carrier:
+        pcmu_only = offer.replace("RTP/AVP 0 8 101", "RTP/AVP 0").replace("a=rtpmap:8 PCMA/8000\r\n", "")
+        headers = [("Contact", f"<sip:c@127.0.0.9:{carrier.local_port}>"), ("Content-Type", "application/sdp")]
+        carrier.send(carrier.request("INVITE", f"sip:555@127.0.0.1:{server.sip_port}", from_user="c",
+                                     headers=headers, body=pcmu_only))
+        assert carrier.final().status == 488

@@ -101,6 +101,18 @@ def _rewrite_host(uri: str, host: str, port: int, transport: str) -> str:
     return f"{scheme}:{user}{host}:{port}{params}"
 
 
+def _allow_list(trunk) -> str | None:
+    """",pcmu,telephone-event," for the native SDP filter, or None when the trunk has no list.
+    telephone-event stays unless the trunk's DTMF methods exclude RFC 2833."""
+    if trunk.codecs is None and trunk.dtmf_methods is None:
+        return None
+    names = [c.lower() for c in (trunk.codecs or ["PCMU", "PCMA", "G722", "opus", "L16"])]
+    names = [n for n in names if n != "telephone-event"]
+    if trunk.dtmf_methods is None or "rfc2833" in trunk.dtmf_methods:
+        names.append("telephone-event")
+    return "," + ",".join(names) + ","
+
+
 def _resolve(host: str) -> str:
     try:
         return socket.gethostbyname(host)
@@ -136,11 +148,13 @@ class Registrar:
         self._native.set_users(users)
         self._native.set_refused_user_agents(list(config.security.refused_user_agents))
         self._trunk_rows = []
+        self._trunk_codecs: dict[str, str | None] = {}
         for trunk in config.trunks.values():
+            self._trunk_codecs[trunk.name] = _allow_list(trunk)
             if trunk.mode != "fixed":
                 continue
             host = trunk.address or config.connections[trunk.connection].sip_server  # type: ignore[index]
-            self._trunk_rows.append((trunk.name, _resolve(host), trunk.port))
+            self._trunk_rows.append((trunk.name, _resolve(host), trunk.port, self._trunk_codecs[trunk.name]))
         self._push_trunks()
 
     def set_route_token(self, trunk_ref: str, token: str) -> None:
@@ -150,7 +164,7 @@ class Registrar:
 
     def _push_trunks(self) -> None:
         # Registered fixed trunks (route token) are matched before unregistered ones (address).
-        rows = [(ref, "token:" + tok, 0) for ref, tok in self._route_tokens.items()]
+        rows = [(ref, "token:" + tok, 0, self._trunk_codecs.get(ref)) for ref, tok in self._route_tokens.items()]
         self._native.set_trunks(rows + self._trunk_rows)
 
     # ---- questions --------------------------------------------------------------------------
