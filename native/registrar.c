@@ -165,6 +165,7 @@ typedef struct {
     PyObject_HEAD
     int installed;
     pjsip_module mod;
+    pjsip_module nat_mod;
     char realm[128];
     unsigned min_expires, max_expires, default_expires, nonce_ttl;
     unsigned fail_limit, fail_window, block_seconds;
@@ -181,6 +182,7 @@ typedef struct {
     source_slot_t sources[SOURCE_SLOTS];
     classify_slot_t classified[CLASSIFY_SLOTS];
     PyObject *events; /* list */
+    long nat_bindings; /* live bindings behind NAT: when 0, no Contact needs fixing */
     unsigned long long n_register, n_register_ok, n_challenges, n_auth_failures, n_dropped, n_invite_passed,
         n_invite_challenged, n_invite_refused, n_423, n_500;
 } RegistrarObject;
@@ -506,6 +508,7 @@ static aor_t *find_aor(RegistrarObject *r, const char *username, int create, use
 }
 
 static void binding_free(binding_t *b) {
+    if (b->nat && the_registrar) the_registrar->nat_bindings--;
     free(b->contact);
     free(b->call_id);
     free(b->user_agent);
@@ -701,7 +704,9 @@ static void handle_register(RegistrarObject *r, pjsip_rx_data *rdata, source_slo
             pjsip_generic_string_hdr *uah = (pjsip_generic_string_hdr *)pjsip_msg_find_hdr_by_name(
                 msg, &(pj_str_t){"User-Agent", 10}, NULL);
             b->user_agent = uah ? dup_pjstr(&uah->hvalue) : NULL;
+            if (b->nat) r->nat_bindings--;
             b->nat = contact_is_natted(c->uri, rdata);
+            if (b->nat) r->nat_bindings++;
             WITH_GIL(push_event(r, is_new ? "registered" : "refreshed", binding_dict(a, b)));
         }
     }
@@ -710,6 +715,43 @@ static void handle_register(RegistrarObject *r, pjsip_rx_data *rdata, source_slo
     add_contacts_to_response(a, tdata);
     r->n_register_ok++;
     send_stateless(rdata, tdata);
+}
+
+/* ---- NAT: phones whose Contact is not where their packets come from ---------------------------- */
+
+static int nat_source(RegistrarObject *r, const char *ip, int port) {
+    if (!r->nat_bindings) return 0;
+    pj_uint64_t now = now_ms();
+    for (int i = 0; i < 4096; i++)
+        for (aor_t *a = r->aors[i]; a; a = a->next)
+            for (int j = 0; j < a->count; j++) {
+                binding_t *b = &a->contacts[j];
+                if (b->nat && b->expires_at > now && b->source_port == port && strcmp(b->source_ip, ip) == 0)
+                    return 1;
+            }
+    return 0;
+}
+
+/* A NATed phone's Contact (in its 200 OK, or in requests it sends) names an address we cannot
+ * reach; point it at where the message came from, so ACK, BYE and re-INVITEs reach the phone. */
+static void fix_nated_contact(RegistrarObject *r, pjsip_rx_data *rdata) {
+    if (!nat_source(r, rdata->pkt_info.src_name, rdata->pkt_info.src_port)) return;
+    pjsip_contact_hdr *c = (pjsip_contact_hdr *)pjsip_msg_find_hdr(rdata->msg_info.msg, PJSIP_H_CONTACT, NULL);
+    if (!c || c->star || !c->uri) return;
+    if (!PJSIP_URI_SCHEME_IS_SIP(c->uri) && !PJSIP_URI_SCHEME_IS_SIPS(c->uri)) return;
+    pjsip_sip_uri *sip = (pjsip_sip_uri *)pjsip_uri_get_uri(c->uri);
+    pj_strdup2(rdata->tp_info.pool, &sip->host, rdata->pkt_info.src_name);
+    sip->port = rdata->pkt_info.src_port;
+}
+
+/* Runs before the transaction layer (which would consume responses), for every message. */
+static pj_bool_t nat_on_rx(pjsip_rx_data *rdata) {
+    if (the_registrar && rdata->msg_info.msg) {
+        if (rdata->msg_info.msg->type == PJSIP_RESPONSE_MSG ||
+            rdata->msg_info.msg->line.req.method.id != PJSIP_REGISTER_METHOD)
+            fix_nated_contact(the_registrar, rdata);
+    }
+    return PJ_FALSE;
 }
 
 /* ---- the INVITE gate ------------------------------------------------------------------------ */
@@ -973,10 +1015,22 @@ static int Registrar_init(RegistrarObject *self, PyObject *args, PyObject *kwds)
     self->mod.id = -1;
     self->mod.priority = PJSIP_MOD_PRIORITY_APPLICATION - 1; /* 63: before pjsua (64) */
     self->mod.on_rx_request = &on_rx_request;
+    memset(&self->nat_mod, 0, sizeof(self->nat_mod));
+    self->nat_mod.name = pj_str("mod-softswitch-nat");
+    self->nat_mod.id = -1;
+    self->nat_mod.priority = PJSIP_MOD_PRIORITY_TSX_LAYER - 1;
+    self->nat_mod.on_rx_request = &nat_on_rx;
+    self->nat_mod.on_rx_response = &nat_on_rx;
     pjsip_endpoint *endpt = pjsua_get_pjsip_endpt();
     pj_status_t st = pjsip_endpt_register_module(endpt, &self->mod);
     if (st != PJ_SUCCESS) {
         ss_raise_pj("pjsip_endpt_register_module", st);
+        return -1;
+    }
+    st = pjsip_endpt_register_module(endpt, &self->nat_mod);
+    if (st != PJ_SUCCESS) {
+        pjsip_endpt_unregister_module(endpt, &self->mod);
+        ss_raise_pj("pjsip_endpt_register_module (nat)", st);
         return -1;
     }
     pj_str_t reg = pj_str("REGISTER");
@@ -1028,7 +1082,10 @@ static void free_aors(RegistrarObject *r) {
 
 static PyObject *Registrar_close(RegistrarObject *self, PyObject *unused) {
     if (self->installed) {
-        if (pjsua_get_state() != PJSUA_STATE_NULL) pjsip_endpt_unregister_module(pjsua_get_pjsip_endpt(), &self->mod);
+        if (pjsua_get_state() != PJSUA_STATE_NULL) {
+            pjsip_endpt_unregister_module(pjsua_get_pjsip_endpt(), &self->nat_mod);
+            pjsip_endpt_unregister_module(pjsua_get_pjsip_endpt(), &self->mod);
+        }
         self->installed = 0;
         if (the_registrar == self) the_registrar = NULL;
     }
