@@ -79,7 +79,7 @@ class SipClient:
     # ---- messages ----------------------------------------------------------------------------
     def request(self, method: str, uri: str, *, from_user: str, to_user: str | None = None,
                 headers: list[tuple[str, str]] = (), body: str = "", cseq: int | None = None,
-                branch: str | None = None) -> str:
+                branch: str | None = None, to_tag: str | None = None) -> str:
         if cseq is None:
             self.cseq += 1
             cseq = self.cseq
@@ -91,7 +91,7 @@ class SipClient:
             f"Via: SIP/2.0/{self.transport.upper()} {self.local_ip}:{self.local_port};branch={branch};rport",
             "Max-Forwards: 70",
             f"From: <sip:{from_user}@{host}>;tag={self.call_id[:8]}",
-            f"To: <sip:{to_user}@{host}>",
+            f"To: <sip:{to_user}@{host}>" + (f";tag={to_tag}" if to_tag else ""),
             f"Call-ID: {self.call_id}",
             f"CSeq: {cseq} {method}",
             *[f"{k}: {v}" for k, v in headers],
@@ -133,6 +133,16 @@ class SipClient:
             resp = self.receive(timeout)
             if resp is None or resp.status >= 200:
                 return resp
+
+    # ---- dialogs ------------------------------------------------------------------------------
+    def ack_and_bye(self, answer: Response, uri: str, *, from_user: str, to_user: str) -> Response | None:
+        """ACK a 200 to our INVITE, then hang up with BYE; returns the BYE's final response."""
+        to_tag = re.search(r";tag=([^;>\s]+)", answer.header("To") or "")
+        tag = to_tag.group(1) if to_tag else None
+        invite_cseq = int((answer.header("CSeq") or "1").split()[0])
+        self.send(self.request("ACK", uri, from_user=from_user, to_user=to_user, cseq=invite_cseq, to_tag=tag))
+        self.send(self.request("BYE", uri, from_user=from_user, to_user=to_user, to_tag=tag))
+        return self.final()
 
     # ---- REGISTER with digest -----------------------------------------------------------------
     def register(self, user: str, password: str | None, *, contacts: list[str] | None = None,
