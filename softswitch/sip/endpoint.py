@@ -85,6 +85,8 @@ class UserAgent:
         self.ep = None
         self.account = None
         self.registrar = None
+        self.trunks = None  # trunks.Trunks: provider connections and registrations (outbound edge)
+        self.dialer = None  # dialer.Dialer: outbound legs (outbound edge)
         self._log_writer = None
         self.listen: ListenInfo | None = None
         self.loop_lag_max = 0.0
@@ -281,6 +283,12 @@ class UserAgent:
         from .registrar import Registrar
         self.registrar = Registrar(self, cfg)
         self.account = LocalAccount(self)
+        # -- outbound edge: provider connections (registrations, route tokens) and the dialer --
+        from .dialer import Dialer
+        from .trunks import Trunks
+        self.trunks = Trunks(self, cfg)
+        self.dialer = Dialer(self, cfg, self.trunks)
+        # -- end outbound edge --
         log.info("softswitch listening on %s (udp %s, tcp %s), RTP %d-%d, pjproject %s",
                  addr, udp_port or "off", tcp_port or "off", cfg.sip.rtp_port_start,
                  cfg.sip.rtp_port_start + cfg.sip.rtp_port_count - 1, ep.libVersion().full)
@@ -329,6 +337,14 @@ class UserAgent:
         self._media_objects.clear()
         self._pollers.clear()
         self.handler = None
+        # -- outbound edge: caller-ID accounts, then the connections' accounts (un-REGISTER) --
+        if self.dialer is not None:
+            self.guard("dialer shutdown", self.dialer.shutdown)
+            self.dialer = None
+        if self.trunks is not None:
+            self.guard("trunks shutdown", self.trunks.shutdown)
+            self.trunks = None
+        # -- end outbound edge --
         if self.account is not None:
             self.guard("account shutdown", self.account.shutdown)
             self.account = None

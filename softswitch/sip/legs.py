@@ -68,6 +68,9 @@ class Leg:
         self.remote_uri = ""
         self.local_uri = ""
         self.admission = None  # registrar.Admission: which trunk or extension an inbound call came from
+        # DTMF methods allowed on this call (trunk/dial options); pjsua2 cannot restrict them per call,
+        # so the nodes that send or accept DTMF read them here.
+        self.dtmf_methods: tuple[str, ...] = ("rfc2833", "info")
         call.leg = self
 
     # ---- facts --------------------------------------------------------------------------
