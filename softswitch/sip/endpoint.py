@@ -85,6 +85,7 @@ class UserAgent:
         self.ep = None
         self.account = None
         self.registrar = None
+        self.extensions = None
         self.trunks = None  # trunks.Trunks: provider connections and registrations (outbound edge)
         self.dialer = None  # dialer.Dialer: outbound legs (outbound edge)
         self._log_writer = None
@@ -281,7 +282,9 @@ class UserAgent:
 
         from .legs import LocalAccount  # late: legs imports pjsua2 classes
         from .registrar import Registrar
+        from .extensions import Extensions
         self.registrar = Registrar(self, cfg)
+        self.extensions = Extensions(self)
         self.account = LocalAccount(self)
         # -- outbound edge: provider connections (registrations, route tokens) and the dialer --
         from .dialer import Dialer
@@ -348,6 +351,9 @@ class UserAgent:
         if self.account is not None:
             self.guard("account shutdown", self.account.shutdown)
             self.account = None
+        if self.extensions is not None:
+            self.guard("extensions close", self.extensions.close)
+            self.extensions = None
         if self.registrar is not None:
             self.guard("registrar close", self.registrar.close)
             self.registrar = None

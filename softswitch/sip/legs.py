@@ -249,6 +249,9 @@ class LocalAccount(pj.Account):
             return
         log.info("%s: INVITE from %s via %s %s (%d live legs)", leg.id, leg.remote_uri, leg.admission.kind,
                  leg.admission.ref, len(self.ua.legs))
+        if leg.admission.kind == "extension" and leg.admission.extension and self.ua.extensions:
+            # An extension originating a call is busy until it ends (queues re-evaluate).
+            self.ua.extensions.track_leg(leg, leg.admission.extension)
         handler = self.ua.handler
         if handler is None:
             leg.hangup(480, "no_handler")
