@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -22,16 +21,9 @@ from tests.support.actors import register, uas_answer, uas_no_answer, uas_reject
 from tests.support.pcap import write_rtp_pcap
 from tests.support.ports import free_port
 from tests.support.sipp import Sipp
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.sipp
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Events:

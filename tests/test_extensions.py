@@ -3,11 +3,10 @@ between offline, online-and-free and busy, and every change is published for que
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.support.sipclient import SipClient
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.native
 
@@ -20,15 +19,6 @@ class AnswerEverything:
         leg.answer()
 
 
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_registration_and_calls_change_availability(ua):
     changes = []
     unsubscribe = ua.run_sync(lambda: ua.extensions.subscribe(changes.append))
@@ -38,7 +28,7 @@ def test_registration_and_calls_change_availability(ua):
         assert not ua.run_sync(lambda: ua.extensions.online("1002"))
         with SipClient(("127.0.0.1", port), local_ip="127.0.0.2") as phone:
             assert phone.register("1002", "pass1002", expires=300).status == 200
-            assert wait_for(lambda: any(c.extension == "1002" and c.reason == "registered" for c in changes))
+            wait_for(lambda: any(c.extension == "1002" and c.reason == "registered" for c in changes))
             assert ua.run_sync(lambda: (ua.extensions.online("1002"), ua.extensions.free("1002"))) == (True, True)
 
             # The extension places a call: busy until it ends.
@@ -50,15 +40,15 @@ def test_registration_and_calls_change_availability(ua):
             answer = phone.answer_challenge("INVITE", uri, challenge, "1002", "pass1002", headers=headers,
                                             body=SDP, to_user="5550001")
             assert answer.status == 200
-            assert wait_for(lambda: any(c.reason == "call_started" and not c.free for c in changes))
+            wait_for(lambda: any(c.reason == "call_started" and not c.free for c in changes))
             assert ua.run_sync(lambda: ua.extensions.free("1002")) is False
 
             bye = phone.ack_and_bye(answer, uri, from_user="1002", to_user="5550001")
             assert bye is not None and bye.status == 200
-            assert wait_for(lambda: any(c.reason == "call_ended" and c.free for c in changes))
+            wait_for(lambda: any(c.reason == "call_ended" and c.free for c in changes))
 
             assert phone.register("1002", "pass1002", contacts=["*"], expires=0).status == 200
-        assert wait_for(lambda: any(c.reason == "unregistered" and not c.online for c in changes))
+        wait_for(lambda: any(c.reason == "unregistered" and not c.online for c in changes))
         reasons = [c.reason for c in changes if c.extension == "1002"]
         assert reasons == ["registered", "call_started", "call_ended", "unregistered"]
     finally:

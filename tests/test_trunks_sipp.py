@@ -8,22 +8,14 @@ import re
 import socket
 import time
 import uuid
-from typing import Callable
 
 import pytest
 
 from softswitch.config import Connection, Trunk
 from tests.support.sipp import Sipp
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.sipp
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def traced(sipp: Sipp, direction: str) -> list[tuple[float, str]]:
