@@ -184,7 +184,7 @@ class MediaConfig:
     clock_rate: Literal[8000, 16000] = 8000
     quality: int = _setting(4, lo=1, hi=10)
     codecs: list[Codec] = field(default_factory=lambda: ["PCMU", "PCMA", "G722", "telephone-event"])
-    jitter_buffer_ms: int = _setting(60, lo=0, hi=1000)
+    jitter_buffer_ms: int = _setting(0, lo=0, hi=1000)  # jitter buffer ceiling; 0: pjmedia adaptive default
 
 
 @dataclass(frozen=True, kw_only=True)
