@@ -41,6 +41,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
+    # Flows (softswitch.flow.loader): every problem of every file, as FILE:LINE: node NAME: message.
+    from .flow.loader import FlowError, load_flows
+    try:
+        load_flows(config.flows)
+    except FlowError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return EXIT_CONFIG
     source = args.config or "built-in default config"
     print(f"{source}: OK ({len(config.flows)} flow files)")
     return 0
