@@ -54,6 +54,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_n8n(args: argparse.Namespace) -> int:
+    """Convert an exported n8n workflow into a flow file (stdout, or -o FILE)."""
+    from .flow.n8n import N8nImportError, import_workflow_file
+    try:
+        text = import_workflow_file(args.workflow)
+    except N8nImportError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
@@ -114,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate the config and flows without starting SIP")
     common(check)
     check.set_defaults(func=cmd_check)
+
+    n8n = sub.add_parser("import-n8n", help="convert an exported n8n workflow (SIP PBX nodes) into a flow file")
+    n8n.add_argument("workflow", metavar="WORKFLOW.json", help="the n8n workflow export")
+    n8n.add_argument("--output", "-o", metavar="OUT.yaml", help="write the flow here (default: standard output)")
+    n8n.set_defaults(func=cmd_import_n8n)
     return parser
 
 
