@@ -86,12 +86,14 @@ class CpuSampler:
 
 
 def gap_stats(pcap: Path, dst_port: int) -> tuple[float, float, int]:
-    """(p99, max) of inter-packet gaps per server stream, the first second of each skipped."""
+    """(p99, max, streams) of inter-packet gaps per server stream, the first second of each skipped."""
     by_stream: dict[tuple, list[float]] = {}
     for pkt in read_pcap(pcap):
         if pkt.dst[1] != dst_port or len(pkt.payload) < 12:
             continue
-        by_stream.setdefault(pkt.src, []).append(pkt.ts)
+        # A stream is a source address and an SSRC: pjsua reuses RTP ports for later calls.
+        ssrc = int.from_bytes(pkt.payload[8:12], "big")
+        by_stream.setdefault((pkt.src, ssrc), []).append(pkt.ts)
     gaps = []
     for times in by_stream.values():
         t = np.sort(np.array(times))

@@ -154,6 +154,14 @@ typedef struct classify_slot {
     char *group;
 } classify_slot_t;
 
+#define RETRANS_SLOTS 2048
+
+typedef struct retrans_slot {
+    pj_uint32_t key;
+    pj_uint64_t at;
+    pjsip_tx_data *tdata;
+} retrans_slot_t;
+
 typedef struct event {
     char kind[16];
     PyObject *data; /* a dict, built on the UA thread, which holds the GIL when it drains */
@@ -181,10 +189,11 @@ typedef struct {
     nonce_slot_t nonces[NONCE_SLOTS];
     source_slot_t sources[SOURCE_SLOTS];
     classify_slot_t classified[CLASSIFY_SLOTS];
+    retrans_slot_t retrans[RETRANS_SLOTS];
     PyObject *events; /* list */
     long nat_bindings; /* live bindings behind NAT: when 0, no Contact needs fixing */
     unsigned long long n_register, n_register_ok, n_challenges, n_auth_failures, n_dropped, n_invite_passed,
-        n_invite_challenged, n_invite_refused, n_423, n_500;
+        n_invite_challenged, n_invite_refused, n_423, n_500, n_retransmissions;
 } RegistrarObject;
 
 /* The module callbacks find their registrar through this pointer: one registrar per process,
@@ -400,10 +409,56 @@ static void add_challenges(RegistrarObject *r, pjsip_tx_data *tdata, pjsip_rx_da
     }
 }
 
+/* The retransmission cache: the last response sent for a request (source, Via branch, CSeq),
+ * so a retransmitted request gets the very same answer (same nonce) without being processed
+ * again, as a transaction would give it, at a fraction of a transaction's memory. */
+static pj_uint32_t retrans_key(pjsip_rx_data *rdata) {
+    char buf[256];
+    pjsip_via_hdr *via = rdata->msg_info.via;
+    int n = snprintf(buf, sizeof(buf), "%s:%d|%.*s|%u|%.*s", rdata->pkt_info.src_name, rdata->pkt_info.src_port,
+                     via ? (int)via->branch_param.slen : 0, via ? via->branch_param.ptr : "",
+                     rdata->msg_info.cseq ? rdata->msg_info.cseq->cseq : 0,
+                     (int)rdata->msg_info.msg->line.req.method.name.slen, rdata->msg_info.msg->line.req.method.name.ptr);
+    return fnv1a(buf, n > 0 && n < (int)sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+}
+
+static void cache_response(RegistrarObject *r, pjsip_rx_data *rdata, pjsip_tx_data *tdata) {
+    pj_uint32_t key = retrans_key(rdata);
+    retrans_slot_t *slot = &r->retrans[key % RETRANS_SLOTS];
+    if (slot->tdata) pjsip_tx_data_dec_ref(slot->tdata);
+    pjsip_tx_data_add_ref(tdata);
+    slot->tdata = tdata;
+    slot->key = key;
+    slot->at = now_ms();
+}
+
+/* 1 when rdata is a retransmission we answered already (the cached answer is sent again). */
+static int resend_cached(RegistrarObject *r, pjsip_rx_data *rdata) {
+    pj_uint32_t key = retrans_key(rdata);
+    retrans_slot_t *slot = &r->retrans[key % RETRANS_SLOTS];
+    if (!slot->tdata || slot->key != key || now_ms() - slot->at > 32000) return 0;
+    pjsip_response_addr addr;
+    if (pjsip_get_response_addr(slot->tdata->pool, rdata, &addr) != PJ_SUCCESS) return 0;
+    pjsip_tx_data_add_ref(slot->tdata);
+    if (pjsip_endpt_send_response(pjsua_get_pjsip_endpt(), &addr, slot->tdata, NULL, NULL) != PJ_SUCCESS)
+        pjsip_tx_data_dec_ref(slot->tdata);
+    r->n_retransmissions++;
+    return 1;
+}
+
+static void free_retrans(RegistrarObject *r) {
+    for (int i = 0; i < RETRANS_SLOTS; i++)
+        if (r->retrans[i].tdata) {
+            pjsip_tx_data_dec_ref(r->retrans[i].tdata);
+            r->retrans[i].tdata = NULL;
+        }
+}
+
 static pj_status_t send_stateless(pjsip_rx_data *rdata, pjsip_tx_data *tdata) {
     pjsip_response_addr addr;
     pjsip_endpoint *endpt = pjsua_get_pjsip_endpt();
     pj_status_t st = pjsip_get_response_addr(tdata->pool, rdata, &addr);
+    if (st == PJ_SUCCESS && the_registrar) cache_response(the_registrar, rdata, tdata);
     if (st == PJ_SUCCESS) st = pjsip_endpt_send_response(endpt, &addr, tdata, NULL, NULL);
     if (st != PJ_SUCCESS) pjsip_tx_data_dec_ref(tdata);
     return st;
@@ -965,6 +1020,7 @@ static pj_bool_t on_rx_request(pjsip_rx_data *rdata) {
         security_event(r, "user_agent_refused", rdata, "User-Agent on the refusal list");
         return PJ_TRUE;
     }
+    if ((mid == PJSIP_REGISTER_METHOD || mid == PJSIP_INVITE_METHOD) && resend_cached(r, rdata)) return PJ_TRUE;
     if (mid == PJSIP_REGISTER_METHOD) {
         handle_register(r, rdata, src);
         return PJ_TRUE;
@@ -1083,6 +1139,7 @@ static void free_aors(RegistrarObject *r) {
 static PyObject *Registrar_close(RegistrarObject *self, PyObject *unused) {
     if (self->installed) {
         if (pjsua_get_state() != PJSUA_STATE_NULL) {
+            free_retrans(self);
             pjsip_endpt_unregister_module(pjsua_get_pjsip_endpt(), &self->nat_mod);
             pjsip_endpt_unregister_module(pjsua_get_pjsip_endpt(), &self->mod);
         }
@@ -1308,11 +1365,12 @@ static PyObject *Registrar_stats(RegistrarObject *self, PyObject *unused) {
     long bindings = 0;
     for (int i = 0; i < 4096; i++)
         for (aor_t *a = self->aors[i]; a; a = a->next) bindings += a->count;
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:l}", "register", self->n_register,
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:l}", "register", self->n_register,
                          "register_ok", self->n_register_ok, "challenges", self->n_challenges, "auth_failures",
                          self->n_auth_failures, "dropped", self->n_dropped, "invite_passed", self->n_invite_passed,
                          "invite_challenged", self->n_invite_challenged, "invite_refused", self->n_invite_refused,
-                         "interval_too_brief", self->n_423, "out_of_order", self->n_500, "bindings", bindings);
+                         "interval_too_brief", self->n_423, "out_of_order", self->n_500, "retransmissions",
+                         self->n_retransmissions, "bindings", bindings);
 }
 
 static PyObject *Registrar_get_realm(RegistrarObject *self, void *c) { return PyUnicode_FromString(self->realm); }

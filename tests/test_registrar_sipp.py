@@ -297,3 +297,17 @@ def test_trunk_codec_allow_list_limits_the_negotiated_codecs(server_factory):
         carrier.send(carrier.request("INVITE", f"sip:555@127.0.0.1:{server.sip_port}", from_user="c",
                                      headers=headers, body=pcmu_only))
         assert carrier.final().status == 488
+
+
+def test_a_retransmitted_register_gets_the_same_answer(server_factory):
+    server = server_factory()
+    with SipClient(("127.0.0.1", server.sip_port)) as phone:
+        uri = f"sip:127.0.0.1:{server.sip_port}"
+        request = phone.request("REGISTER", uri, from_user="1001", branch="z9hG4bKretransmitted1",
+                                headers=[("Contact", f"<sip:1001@127.0.0.1:{phone.local_port}>")])
+        phone.send(request)
+        first = phone.final()
+        phone.send(request)  # the same bytes again: a UDP retransmission
+        second = phone.final()
+    assert first.status == second.status == 401
+    assert first.challenges() == second.challenges()  # same nonce: answered from the cache
