@@ -76,6 +76,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
 
+    from .flow.loader import load_flows
+    from .flow.model import FlowError
+    try:
+        flows = load_flows(config.flows)
+    except FlowError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+
     from .log import setup_logging
     setup_logging(config.logging.level, config.logging.format, config.logging.file)
 
@@ -84,7 +92,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     record_dir = config.directories.recordings if args.record else None
 
-    def handler_factory(ua: UserAgent) -> WelcomeHandler:
+    def handler_factory(ua: UserAgent):
+        if flows:
+            from .flow.runtime import FlowEngine
+            return FlowEngine(ua, flows)
         return WelcomeHandler(ua, config.directories.prompts / "welcome.wav", record_dir)
 
     ua = UserAgent(config, handler_factory)

@@ -123,6 +123,7 @@ class Execution:
 
         def run() -> None:
             self.active.discard(token)
+            log.debug("%s %s: node %s (%s)", self.flow.name, self.id, node.name, node.op)
             activation = Activation(self, node, item)
             self.runner.running[id(activation)] = activation
             try:

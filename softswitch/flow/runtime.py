@@ -1,0 +1,127 @@
+"""The flow engine on the UA: triggers from real calls, and the legs flows act on.
+
+`FlowEngine` is the UA's call handler when flow files are active. An admitted INVITE fires the
+Call branch of the trunk trigger (or the extensions trigger of the caller's user set) whose ref
+matches. Every leg a flow can reach is a `FlowLeg`: the `Leg`, its bounded event queue (dtmf,
+interrupt, ended), its retention tickets with the 5 s free-TTL, and the waits currently
+listening to it (reference §1.4–§1.5).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterable
+
+from ..sip.events import LegDtmf, LegEnded, LegEvent
+from ..sip.legs import parse_party
+from .engine import FlowRunner, NodeFailed
+from .model import Flow
+from .retention import EventQueue, Retention, TerminalSnapshots
+
+if TYPE_CHECKING:
+    from ..sip.endpoint import UserAgent
+    from ..sip.legs import Leg
+    from .dtmf import CallWait
+
+log = logging.getLogger("softswitch.flow")
+
+
+@dataclass
+class FlowLeg:
+    leg: "Leg"
+    queue: EventQueue
+    retention: Retention
+    waits: list["CallWait"] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.leg.id
+
+
+class FlowEngine:
+    """Runs the active flows for the calls the UA admits (UA thread only)."""
+
+    def __init__(self, ua: "UserAgent", flows: Iterable[Flow]) -> None:
+        self.ua = ua
+        self.flows = list(flows)
+        self.runner = FlowRunner(ua.call_soon)
+        self.legs: dict[str, FlowLeg] = {}
+        self.snapshots: TerminalSnapshots = TerminalSnapshots(ua.timers)
+        from . import call  # the node modules register their handlers
+        call.register(self)
+
+    # ---- triggers -------------------------------------------------------------------------
+    def on_incoming_leg(self, leg: "Leg") -> None:
+        admission = leg.admission
+        if admission is None:
+            leg.hangup(403, "not_admitted")
+            return
+        kind, ref = ("trunk", admission.ref) if admission.kind == "trunk" else ("extensions", admission.group or "")
+        match = next(((f, t) for f in self.flows for t in f.triggers_of(kind) if t.ref == ref), None)
+        if match is None:
+            log.warning("%s: no active %s trigger with ref %r; refusing the call", leg.id, kind, ref)
+            leg.hangup(480, "no_flow")
+            return
+        flow, trigger = match
+        self.track(leg)
+        payload = self.call_payload(leg, ref, admission.extension if kind == "extensions" else None)
+        log.info("%s: flow %s, trigger %s (%s %s)", leg.id, flow.name, trigger.name, kind, ref)
+        self.runner.fire(flow, trigger, "Call", payload, {"ref": ref, "legId": leg.id})
+
+    @staticmethod
+    def call_payload(leg: "Leg", ref: str, extension: str | None) -> dict:
+        caller_number, caller_name = parse_party(leg.remote_uri)
+        called_number, called_name = parse_party(leg.local_uri)
+        payload = {
+            "eventType": "invite", "ref": ref, "legId": leg.id, "callId": leg.call_id,
+            "direction": leg.direction, "from": leg.remote_uri, "callerNumber": caller_number,
+            "callerName": caller_name, "to": leg.local_uri, "calledNumber": called_number,
+            "calledName": called_name,
+            "raw": {"callId": leg.call_id, "from": leg.remote_uri, "callerName": caller_name, "to": leg.local_uri},
+        }
+        if extension is not None:
+            payload["extension"] = extension
+        return payload
+
+    # ---- legs -------------------------------------------------------------------------------
+    def track(self, leg: "Leg") -> FlowLeg:
+        """Make a leg reachable by flows: event queue, retention (free-TTL armed now)."""
+        flow_leg = FlowLeg(leg, EventQueue(), Retention(leg.id, self.ua.timers, self._free_ttl_expired))
+        self.legs[leg.id] = flow_leg
+        leg.subscribe(lambda event: self._on_leg_event(flow_leg, event))
+        return flow_leg
+
+    def leg(self, leg_id: str | None) -> FlowLeg:
+        if not leg_id:
+            raise NodeFailed("no leg id (set Options → Leg ID, or pass an item with legId)")
+        flow_leg = self.legs.get(leg_id)
+        if flow_leg is None:
+            raise NodeFailed(f"unknown or ended leg {leg_id!r}")
+        return flow_leg
+
+    def _on_leg_event(self, flow_leg: FlowLeg, event: LegEvent) -> None:
+        if isinstance(event, (LegDtmf, LegEnded)):
+            consumed = False
+            for wait in list(flow_leg.waits):
+                if wait.offer(event):
+                    consumed = True
+                    break
+            if not consumed:
+                flow_leg.queue.push(event)
+        if isinstance(event, LegEnded):
+            flow_leg.retention.close()
+            self.snapshots.put(flow_leg.id, event)
+            self.legs.pop(flow_leg.id, None)
+
+    def _free_ttl_expired(self, leg_id: str) -> None:
+        flow_leg = self.legs.get(leg_id)
+        if flow_leg is not None and not flow_leg.leg.ended:
+            log.info("%s: no flow holds this leg any more: hanging up (free_ttl)", leg_id)
+            flow_leg.leg.hangup(480, "free_ttl")
+
+    def shutdown(self) -> None:
+        for flow_leg in list(self.legs.values()):
+            for wait in flow_leg.waits:
+                wait.cancel()
+            flow_leg.retention.close()

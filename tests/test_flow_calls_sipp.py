@@ -1,0 +1,108 @@
+"""Flows on real calls: a trunk trigger, call.answer, call.wait with DTMF rules, call.hangup,
+and the free-TTL that hangs up an answered leg nobody holds."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.support.pcap import write_rtp_pcap
+from tests.support.sipp import Sipp
+
+pytestmark = pytest.mark.sipp
+
+MENU_FLOW = """
+name: menu
+triggers:
+  - name: trunk_main
+    trigger: trunk
+    params: {ref: trunk_main}
+    next: {Call: [answer]}
+nodes:
+  - name: answer
+    op: call.answer
+    next: {Result: [menu]}
+  - name: menu
+    op: call.wait
+    params:
+      timeoutSeconds: 4
+      rules: [{pattern: "1", label: Support}, {pattern: "2", label: Sales}]
+    next: {Support: [bye_support], Sales: [bye_sales], Timeout: [bye_timeout]}
+  - name: bye_support
+    op: call.hangup
+  - name: bye_sales
+    op: call.hangup
+  - name: bye_timeout
+    op: call.hangup
+"""
+
+IDLE_FLOW = """
+name: idle
+triggers:
+  - name: trunk_main
+    trigger: trunk
+    params: {ref: trunk_main}
+    next: {Call: [answer]}
+nodes:
+  - name: answer
+    op: call.answer
+"""
+
+
+def flow_server(server_factory, tmp_path: Path, text: str):
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(text)
+    return server_factory(flows=[str(flow)], logging={"level": "debug", "pjsip_level": 1})
+
+
+def call_until_bye(server, tmp_path: Path, dtmf: list[tuple[str, float, int]], seconds: float = 3.0):
+    pcap = tmp_path / "caller.pcap"
+    write_rtp_pcap(pcap, np.zeros(int(8000 * seconds), dtype=np.int16), dtmf=dtmf)
+    uac = Sipp("uac_call_until_bye", f"127.0.0.1:{server.sip_port}", calls=1,
+               variables={"caller": "5551234", "bye_timeout_ms": 15000}, keys={"pcap": pcap}, timeout_s=30)
+    started = time.monotonic()
+    with uac:
+        result = uac.wait(30)
+    return result, time.monotonic() - started
+
+
+@pytest.mark.parametrize("digit, node", [("1", "bye_support"), ("2", "bye_sales")])
+def test_menu_digit_takes_its_rule_branch(server_factory, tmp_path, digit, node):
+    server = flow_server(server_factory, tmp_path, MENU_FLOW)
+    result, elapsed = call_until_bye(server, tmp_path, dtmf=[(digit, 0.5, 160)])
+    assert result.ok, str(result)
+    assert elapsed < 3.5  # hung up by the rule's branch, not by the 4 s timeout
+    assert server.wait_for_log(f"node {node}")
+    assert "node bye_timeout" not in server.text()
+
+
+def test_menu_without_digits_times_out(server_factory, tmp_path):
+    server = flow_server(server_factory, tmp_path, MENU_FLOW)
+    result, elapsed = call_until_bye(server, tmp_path, dtmf=[], seconds=1.0)
+    assert result.ok, str(result)
+    assert 3.5 < elapsed < 8
+    assert server.wait_for_log("node bye_timeout")
+
+
+def test_answered_leg_left_idle_is_hung_up_after_the_free_ttl(server_factory, tmp_path):
+    server = flow_server(server_factory, tmp_path, IDLE_FLOW)
+    result, elapsed = call_until_bye(server, tmp_path, dtmf=[], seconds=1.0)
+    assert result.ok, str(result)
+    assert 4.5 < elapsed < 8, elapsed
+    assert server.wait_for_log("(free_ttl)")
+
+
+def test_a_call_from_a_trunk_without_a_trigger_is_refused(server_factory, tmp_path):
+    other = IDLE_FLOW.replace("ref: trunk_main", "ref: trunk_other")
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(other)
+    server = server_factory(flows=[str(flow)], trunks={"trunk_main": {"address": "127.0.0.1"},
+                                                       "trunk_other": {"address": "127.0.0.9"}})
+    uac = Sipp("uac_expect_failure", f"127.0.0.1:{server.sip_port}", calls=1, timeout_s=20,
+               variables={"caller": "5551234", "cancel_after_ms": 5000})
+    with uac:
+        result = uac.wait(20)
+    assert result.log_values("final_status") == ["480"], str(result)
