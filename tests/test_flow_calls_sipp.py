@@ -106,3 +106,63 @@ def test_a_call_from_a_trunk_without_a_trigger_is_refused(server_factory, tmp_pa
     with uac:
         result = uac.wait(20)
     assert result.log_values("final_status") == ["480"], str(result)
+
+
+PROMPT_FLOW = """
+name: prompt
+triggers:
+  - name: trunk_main
+    trigger: trunk
+    params: {ref: trunk_main}
+    next: {Call: [answer]}
+nodes:
+  - name: answer
+    op: call.answer
+    next: {Result: [play_menu]}
+  - name: play_menu
+    op: media.playAudio
+    params: {sourceType: file, filePath: menu.wav, interruptOn: [dtmf]}
+    next: {Interrupted: [menu], Completed: [menu]}
+  - name: menu
+    op: call.wait
+    params:
+      timeoutSeconds: 3
+      rules: [{pattern: "1", label: Support}, {pattern: "2", label: Sales}]
+    next: {Support: [music], Sales: [bye], Timeout: [bye]}
+  - name: music
+    op: media.playAudio
+    params: {sourceType: file, filePath: hold_music.wav, options: {mediaExecutionMode: background}}
+    next: {Result: [music_wait]}
+  - name: music_wait
+    op: media.wait
+    params: {waitMediaTimeoutSeconds: 1}
+    next: {Timeout: [stop_music]}
+  - name: stop_music
+    op: media.stopMedia
+    params: {stopMediaTarget: legId}
+    next: {Result: [bye]}
+  - name: bye
+    op: call.hangup
+"""
+
+
+def test_blocking_prompt_interrupted_by_dtmf_then_the_digit_reaches_the_menu(server_factory, tmp_path):
+    from tests.support.capture import LoopbackCapture
+    server = flow_server(server_factory, tmp_path, PROMPT_FLOW)
+    pcap = tmp_path / "caller.pcap"
+    write_rtp_pcap(pcap, np.zeros(8000 * 4, dtype=np.int16), dtmf=[("1", 1.0, 160)])
+    uac = Sipp("uac_call_until_bye", f"127.0.0.1:{server.sip_port}", calls=1,
+               variables={"caller": "5551234", "bye_timeout_ms": 15000}, keys={"pcap": pcap}, timeout_s=30)
+    with LoopbackCapture(f"udp and dst port {uac.media_port}", tmp_path / "rtp.pcap") as cap:
+        with uac:
+            result = uac.wait(30)
+    assert result.ok, str(result)
+    text = server.text()
+    # The digit cut the menu prompt short, then matched rule 1 in the wait that followed.
+    for node in ("play_menu", "menu", "music", "music_wait", "stop_music", "bye"):
+        assert f"node {node} " in text, node
+    stream = next(iter(cap.streams(dst_port=uac.media_port).values()))
+    from tests.support.audio import active_seconds
+    # The menu prompt (6.9 s) cut after ~1 s, about 1 s of hold music, then BYE.
+    assert 1.5 < stream.duration_seconds() < 4.0, stream.duration_seconds()
+    assert active_seconds(stream.audio(), 8000, 0.005) > 0.8

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ..sip.endpoint import UserAgent
     from ..sip.legs import Leg
     from .dtmf import CallWait
+    from .media import MediaOp
 
 log = logging.getLogger("softswitch.flow")
 
@@ -48,8 +49,12 @@ class FlowEngine:
         self.runner = FlowRunner(ua.call_soon)
         self.legs: dict[str, FlowLeg] = {}
         self.snapshots: TerminalSnapshots = TerminalSnapshots(ua.timers)
-        from . import call  # the node modules register their handlers
+        self.media: dict[str, "MediaOp"] = {}
+        self.media_snapshots: TerminalSnapshots = TerminalSnapshots(ua.timers)
+        from . import call, media  # the node modules register their handlers
         call.register(self)
+        media.register(self)
+        self._media_events = media.on_leg_event
 
     # ---- triggers -------------------------------------------------------------------------
     def on_incoming_leg(self, leg: "Leg") -> None:
@@ -101,6 +106,8 @@ class FlowEngine:
         return flow_leg
 
     def _on_leg_event(self, flow_leg: FlowLeg, event: LegEvent) -> None:
+        if not self._media_events(self, flow_leg, event):
+            return  # a digit swallowed by a blocking playback that does not listen for DTMF
         if isinstance(event, (LegDtmf, LegEnded)):
             consumed = False
             for wait in list(flow_leg.waits):
