@@ -24,6 +24,28 @@ def register(engine: "FlowEngine") -> None:
     runner.register("call.answer", lambda a: _simple(engine, a, "answer"))
     runner.register("call.hangup", lambda a: _simple(engine, a, "hangup"))
     runner.register("call.wait", lambda a: _wait(engine, a))
+    runner.register("call.bridge", lambda a: _bridge(engine, a))
+    runner.register("call.unbridge", lambda a: _unbridge(engine, a))
+
+
+def _bridge(engine: "FlowEngine", a: Activation) -> None:
+    """call.bridge: join legA and legB (§5.6); Success {legIdA, legIdB}."""
+    leg_a = engine.leg(str(a.param("legAId") or ""))
+    leg_b = engine.leg(str(a.param("legBId") or ""))
+    if leg_a is leg_b:
+        raise NodeFailed("cannot bridge a leg to itself")
+    engine.bridges.bridge(leg_a, leg_b, relay_dtmf=str(a.param("relayDtmf", "auto")),
+                          emit_dtmf_events=bool(a.param("emitDtmfEvents", True)))
+    a.emit("Success", {"legIdA": leg_a.id, "legIdB": leg_b.id}, {"legId": leg_a.id})
+
+
+def _unbridge(engine: "FlowEngine", a: Activation) -> None:
+    """call.unbridge: Orig {legId}, and Peer {legId: peer} when it had one."""
+    flow_leg = engine.leg(resolve_leg_id(a.item, a.options))
+    peer = engine.bridges.unbridge(flow_leg)
+    a.emit("Orig", {"legId": flow_leg.id}, {"legId": flow_leg.id}, final=peer is None)
+    if peer is not None:
+        a.emit("Peer", {"legId": peer.id}, {"legId": peer.id})
 
 
 def _simple(engine: "FlowEngine", a: Activation, action: str) -> None:

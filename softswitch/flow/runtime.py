@@ -17,7 +17,7 @@ from ..sip.events import LegDtmf, LegEnded, LegEvent
 from ..sip.legs import parse_party
 from .engine import FlowRunner, NodeFailed
 from .model import Flow
-from .retention import EventQueue, Retention, TerminalSnapshots
+from .retention import EventQueue, LegInterrupt, Retention, TerminalSnapshots
 
 if TYPE_CHECKING:
     from ..sip.endpoint import UserAgent
@@ -49,10 +49,13 @@ class FlowEngine:
         self.runner = FlowRunner(ua.call_soon)
         self.legs: dict[str, FlowLeg] = {}
         self.snapshots: TerminalSnapshots = TerminalSnapshots(ua.timers)
+        from .bridges import Bridges
+        self.bridges = Bridges(self)
         self.media: dict[str, "MediaOp"] = {}
         self.media_snapshots: TerminalSnapshots = TerminalSnapshots(ua.timers)
-        from . import call, media  # the node modules register their handlers
+        from . import call, dial, media  # the node modules register their handlers
         call.register(self)
+        dial.register(self)
         media.register(self)
         self._media_events = media.on_leg_event
 
@@ -108,7 +111,7 @@ class FlowEngine:
     def _on_leg_event(self, flow_leg: FlowLeg, event: LegEvent) -> None:
         if not self._media_events(self, flow_leg, event):
             return  # a digit swallowed by a blocking playback that does not listen for DTMF
-        if isinstance(event, (LegDtmf, LegEnded)):
+        if isinstance(event, (LegDtmf, LegEnded, LegInterrupt)):
             consumed = False
             for wait in list(flow_leg.waits):
                 if wait.offer(event):
@@ -120,6 +123,18 @@ class FlowEngine:
             flow_leg.retention.close()
             self.snapshots.put(flow_leg.id, event)
             self.legs.pop(flow_leg.id, None)
+
+    def deliver(self, flow_leg: FlowLeg, event: LegEvent) -> None:
+        """An event softswitch itself raises on a leg (interrupts, relayed DTMF): same path as SIP's."""
+        self._on_leg_event(flow_leg, event)
+
+    def publish_interrupt(self, flow_leg: FlowLeg, reason: str) -> None:
+        if flow_leg.id in self.legs:
+            self.deliver(flow_leg, LegInterrupt(flow_leg.id, reason))
+
+    def finish_media(self, flow_leg: FlowLeg, reason: str) -> None:
+        for op in [op for op in self.media.values() if op.flow_leg is flow_leg]:
+            op.finish("interrupted", reason)
 
     def _free_ttl_expired(self, leg_id: str) -> None:
         flow_leg = self.legs.get(leg_id)
