@@ -1,0 +1,184 @@
+"""Dial nodes on real calls: a caller from SIPp runs a flow that dials out through a trunk to a
+SIPp UAS (answers, never answers, rejects) or to an extension nobody registered."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.support.actors import uas_answer, uas_no_answer, uas_reject
+from tests.support.pcap import write_rtp_pcap
+from tests.support.sipp import Sipp
+
+pytestmark = pytest.mark.sipp
+
+HEAD = """
+name: dialing
+triggers:
+  - name: trunk_main
+    trigger: trunk
+    params: {ref: trunk_main}
+    next: {Call: [answer]}
+nodes:
+  - name: answer
+    op: call.answer
+    next: {Result: [dial]}
+"""
+
+BYE_CALLER = """
+  - name: {name}
+    op: call.hangup
+    params: {{options: {{legId: "{{{{ $('answer').item.json.legId }}}}"}}}}
+"""
+
+
+def bye(*names: str) -> str:
+    return "".join(BYE_CALLER.format(name=n) for n in names)
+
+
+ANSWER_FLOW = HEAD + """
+  - name: dial
+    op: dial.make
+    params: {callMode: trunk, ref: trunk_main, destination: "2000"}
+    next: {Result: [wait]}
+  - name: wait
+    op: dial.wait
+    params: {dialTimeoutSeconds: 5}
+    next: {Answered: [bye_dialed], Timeout: [bye_timeout], Failed: [bye_failed]}
+  - name: bye_dialed
+    op: call.hangup
+    next: {Result: [bye_caller]}
+""" + bye("bye_caller", "bye_timeout", "bye_failed")
+
+TIMEOUT_FLOW = HEAD + """
+  - name: dial
+    op: dial.make
+    params: {callMode: trunk, ref: trunk_main, destination: "2000"}
+    next: {Result: [wait]}
+  - name: wait
+    op: dial.wait
+    params: {dialTimeoutSeconds: 2}
+    next: {Answered: [bye_answered], Timeout: [break], Failed: [bye_failed]}
+  - name: break
+    op: dial.break
+    next: {Result: [pause]}
+  - name: pause
+    op: call.wait
+    params: {timeoutSeconds: 0.5, legIds: ["{{ $('answer').item.json.legId }}"]}
+    next: {Timeout: [bye_caller]}
+""" + bye("bye_caller", "bye_answered", "bye_failed")
+
+REJECT_FLOW = HEAD + """
+  - name: dial
+    op: dial.make
+    params: {callMode: trunk, ref: trunk_main, destination: "2000"}
+    next: {Result: [wait]}
+  - name: wait
+    op: dial.wait
+    params: {dialTimeoutSeconds: 5, waitEventOutputs: [rejected]}
+    next: {Rejected: [wait_again], Answered: [bye_answered], Timeout: [bye_timeout], Failed: [bye_failed_first]}
+  - name: wait_again
+    op: dial.wait
+    params: {dialTimeoutSeconds: 5}
+    next: {Answered: [bye_answered], Timeout: [bye_timeout], Failed: [bye_failed]}
+""" + bye("bye_failed", "bye_answered", "bye_timeout", "bye_failed_first")
+
+EXTENSION_FLOW = HEAD + """
+  - name: dial
+    op: dial.make
+    params: {callMode: extension, extensionNumbers: "1003"}
+    next: {Result: [bye_result], Unavailable: [hold]}
+  - name: hold
+    op: call.wait
+    params: {timeoutSeconds: 1.5, legIds: ["{{ $('answer').item.json.legId }}"]}
+    next: {Timeout: [bye_unavailable]}
+""" + bye("bye_result", "bye_unavailable")
+
+
+def start(server_factory, tmp_path: Path, text: str, uas: Sipp | None = None):
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(text)
+    sections: dict = {"flows": [str(flow)], "logging": {"level": "debug", "pjsip_level": 1}}
+    if uas is not None:
+        sections["connections"] = {"uas": {"sip_server": "127.0.0.1", "port": uas.local_port}}
+        sections["trunks"] = {"trunk_main": {"address": "127.0.0.1", "port": 0, "connection": "uas"}}
+    return server_factory(**sections)
+
+
+def call(server, tmp_path: Path, timeout_s: float = 15):
+    """The caller waits for our BYE in 1 s receive ticks; a BYE right on a tick is "unexpected"
+    to SIPp, so the flows hang up half-way between whole seconds (1.5 s, 2.5 s)."""
+    pcap = tmp_path / "caller.pcap"
+    write_rtp_pcap(pcap, np.zeros(8000, dtype=np.int16))
+    uac = Sipp("uac_call_until_bye", f"127.0.0.1:{server.sip_port}", calls=1,
+               variables={"caller": "5551234", "bye_timeout_ms": int(timeout_s * 1000)}, keys={"pcap": pcap},
+               timeout_s=timeout_s + 5)
+    with uac:
+        return uac.wait(timeout_s + 5)
+
+
+def ran(server, *nodes: str) -> None:
+    text = server.text()
+    for node in nodes:
+        assert f"node {node} " in text, (node, text[-3000:])
+
+
+def did_not_run(server, *nodes: str) -> None:
+    text = server.text()
+    for node in nodes:
+        assert f"node {node} " not in text, node
+    assert " ERROR " not in text and "Traceback" not in text, text[-3000:]
+
+
+def test_dial_answered_then_both_legs_hung_up(server_factory, tmp_path):
+    pcap = tmp_path / "uas.pcap"
+    write_rtp_pcap(pcap, np.zeros(8000, dtype=np.int16))
+    with uas_answer(pcap, answer_delay_ms=1500, timeout_s=20, trace_dir=tmp_path / "uas") as uas:
+        server = start(server_factory, tmp_path, ANSWER_FLOW, uas)
+        result = call(server, tmp_path)
+        uas_result = uas.wait(10)
+    assert result.ok, str(result)
+    assert uas_result.ok, str(uas_result)  # answered, then got our BYE
+    assert server.wait_for_log("node bye_caller", 5)
+    ran(server, "dial", "wait", "bye_dialed", "bye_caller")
+    did_not_run(server, "bye_timeout", "bye_failed")
+    assert "Traceback" not in server.text()
+
+
+def test_dial_timeout_then_break_cancels_the_ringing_attempt(server_factory, tmp_path):
+    with uas_no_answer(timeout_s=20, trace_dir=tmp_path / "uas") as uas:
+        server = start(server_factory, tmp_path, TIMEOUT_FLOW, uas)
+        result = call(server, tmp_path)
+        uas_result = uas.wait(10)
+    assert result.ok, str(result)
+    assert uas_result.ok, str(uas_result)  # INVITE, then CANCEL
+    assert server.wait_for_log("node bye_caller", 5)
+    ran(server, "wait", "break", "bye_caller")
+    did_not_run(server, "bye_answered", "bye_failed")
+    assert "finalized failed (broken)" in server.text()
+
+
+def test_dial_rejected_branch_then_failed_with_the_sip_reason(server_factory, tmp_path):
+    with uas_reject(486, ring_ms=1500, timeout_s=20, trace_dir=tmp_path / "uas") as uas:
+        server = start(server_factory, tmp_path, REJECT_FLOW, uas)
+        result = call(server, tmp_path)
+        uas_result = uas.wait(10)
+    assert result.ok, str(result)
+    assert uas_result.ok, str(uas_result)
+    assert server.wait_for_log("node bye_failed", 5)
+    ran(server, "wait", "wait_again", "bye_failed")
+    did_not_run(server, "bye_answered", "bye_timeout", "bye_failed_first")
+    text = server.text()
+    assert "dial.wait wait: Rejected" in text and "dial.wait wait_again: Failed" in text
+    assert "'reason': 'sip_486'" in text.split("dial.wait wait_again: Failed", 1)[1].split("\n", 1)[0]
+
+
+def test_dial_to_an_unregistered_extension_is_unavailable(server_factory, tmp_path):
+    server = start(server_factory, tmp_path, EXTENSION_FLOW)
+    result = call(server, tmp_path)
+    assert result.ok, str(result)
+    assert server.wait_for_log("node bye_unavailable", 5)
+    assert "(free_ttl)" not in server.text()  # the flow hung the caller up, not the free-TTL
+    did_not_run(server, "bye_result")
