@@ -134,6 +134,10 @@ class Dial:
             self._check_all_ended()
             return
         if self.finalized:
+            if isinstance(event, LegAnswered) and leg_id != self.winner:
+                leg = self.attempts.get(leg_id)
+                if leg is not None:  # a 200 that crossed our CANCEL (break, loser): not kept
+                    leg.hangup(200, "parallel_loser" if self.status == "answered" else self.reason or "broken")
             return
         if isinstance(event, LegRinging):
             self.publish(DialRinging(self.id, leg_id))
