@@ -182,3 +182,35 @@ def test_dial_to_an_unregistered_extension_is_unavailable(server_factory, tmp_pa
     assert server.wait_for_log("node bye_unavailable", 5)
     assert "(free_ttl)" not in server.text()  # the flow hung the caller up, not the free-TTL
     did_not_run(server, "bye_result")
+
+
+MASTER_FLOW = HEAD + """
+  - name: dial
+    op: dial.make
+    params: {callMode: trunk, ref: trunk_main, destination: "2000"}
+    next: {Result: [wait]}
+  - name: wait
+    op: dial.wait
+    params: {dialTimeoutSeconds: 10, legId: "{{ $('answer').item.json.legId }}"}
+    next: {Answered: [bye_answered], Interrupted: [break], Timeout: [bye_timeout], Failed: [bye_failed]}
+  - name: break
+    op: dial.break
+""" + bye("bye_answered", "bye_timeout", "bye_failed")
+
+
+def test_caller_hanging_up_interrupts_the_wait_and_the_break_cancels_the_dial(server_factory, tmp_path):
+    from tests.support.actors import uac_call
+    pcap = tmp_path / "caller.pcap"
+    write_rtp_pcap(pcap, np.zeros(8000, dtype=np.int16))
+    with uas_no_answer(timeout_s=20, trace_dir=tmp_path / "uas") as uas:
+        server = start(server_factory, tmp_path, MASTER_FLOW, uas)
+        with uac_call(f"127.0.0.1:{server.sip_port}", pcap, caller="5551234", hold_ms=1500, timeout_s=15) as uac:
+            result = uac.wait(15)
+        uas_result = uas.wait(10)
+    assert result.ok, str(result)
+    assert uas_result.ok, str(uas_result)  # INVITE, then CANCEL from the break
+    assert server.wait_for_log("finalized failed (broken)", 5)
+    ran(server, "wait", "break")
+    did_not_run(server, "bye_answered", "bye_timeout", "bye_failed")
+    assert "dial.wait wait: Interrupted" in server.text()
+    assert "'interruptReason': 'call_ended'" in server.text()
