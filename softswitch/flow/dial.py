@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("softswitch.flow")
 
-_ids = itertools.count(1)
 _wait_ids = itertools.count(1)
 
 FINAL = ("answered", "rejected", "failed", "timeout")
@@ -71,21 +69,11 @@ class DialFailed(DialEvent):
     kind = "failed"
 
 
-def _base36(n: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while True:
-        n, r = divmod(n, 36)
-        out = digits[r] + out
-        if n == 0:
-            return out
-
-
 # ---- the dial -------------------------------------------------------------------------------
 class Dial:
     def __init__(self, engine: "FlowEngine") -> None:
         self.engine = engine
-        self.id = f"dial_{_base36(int(time.time() * 1000))}_{next(_ids)}"
+        self.id = engine.ua.ids.new("dial")
         self.status = "created"
         self.attempts: dict[str, "Leg"] = {}
         self.ended_ids: set[str] = set()

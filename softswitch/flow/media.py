@@ -10,8 +10,6 @@ Tones, recordings, HTTP and binary sources, voice interruption and ducking are s
 
 from __future__ import annotations
 
-import itertools
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -23,8 +21,6 @@ from .items import resolve_leg_id, resolve_media_id, resolve_wait_ids
 
 if TYPE_CHECKING:
     from .runtime import FlowEngine, FlowLeg
-
-_ids = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -49,7 +45,7 @@ class MediaOp:
                  interrupt_dtmf: bool) -> None:
         self.engine = engine
         self.flow_leg = flow_leg
-        self.id = f"media_{int(time.time() * 1000):x}_{next(_ids)}"
+        self.id = engine.ua.ids.new("media")
         self.path = path
         self.blocking = blocking
         self.interrupt_dtmf = interrupt_dtmf

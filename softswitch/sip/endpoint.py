@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from ..clock import Clock, MonotonicClock, Timers
+from ..ids import IdFactory
 from ..config import Config
 
 log = logging.getLogger("softswitch.ua")
@@ -80,7 +81,7 @@ class UserAgent:
         self.legs: dict[str, "Leg"] = {}
         self._media_objects: set[Any] = set()
         self._release_later: list[Any] = []
-        self._leg_seq = 0
+        self.ids = IdFactory()
         self.pj = None
         self.ep = None
         self.account = None
@@ -162,8 +163,7 @@ class UserAgent:
         self._release_later.append(obj)
 
     def new_leg_id(self) -> str:
-        self._leg_seq += 1
-        return f"leg_{_base36(int(time.time() * 1000))}_{_base36(self._leg_seq)}"
+        return self.ids.new("leg")
 
     def guard(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a callback body so that an exception is logged with its traceback, never swallowed."""
@@ -411,16 +411,6 @@ def _stdout_silenced():
         os.dup2(saved, 1)
         os.close(saved)
         os.close(devnull)
-
-
-def _base36(n: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while True:
-        n, r = divmod(n, 36)
-        out = digits[r] + out
-        if n == 0:
-            return out
 
 
 from .legs import Leg  # noqa: E402  (type used in annotations above)
