@@ -35,17 +35,22 @@ def _load(args: argparse.Namespace) -> Config:
     return config
 
 
+def _load_with_flows(args: argparse.Namespace):
+    """The config and every flow it activates; raises ConfigError or FlowError."""
+    from .flow.loader import load_flows
+    config = _load(args)
+    return config, load_flows(config.flows)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    from .flow.model import FlowError
     try:
-        config = _load(args)
+        config, _ = _load_with_flows(args)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
-    # Flows (softswitch.flow.loader): every problem of every file, as FILE:LINE: node NAME: message.
-    from .flow.loader import FlowError, load_flows
-    try:
-        load_flows(config.flows)
     except FlowError as exc:
+        # Every problem of every file, as FILE:LINE: node NAME: message.
         for issue in exc.issues:
             print(issue, file=sys.stderr)
         return EXIT_CONFIG
@@ -70,17 +75,10 @@ def cmd_import_n8n(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    try:
-        config = _load(args)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_CONFIG
-
-    from .flow.loader import load_flows
     from .flow.model import FlowError
     try:
-        flows = load_flows(config.flows)
-    except FlowError as exc:
+        config, flows = _load_with_flows(args)
+    except (ConfigError, FlowError) as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
 

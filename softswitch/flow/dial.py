@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..sip.events import LegAnswered, LegDtmf, LegEnded, LegEvent, LegProgress, LegRinging
 from .engine import Activation, NodeFailed
@@ -429,7 +429,3 @@ def _break(engine: "FlowEngine", a: Activation) -> None:
         log.info("%s: broken (%s)", dial.id, reason)
         dial.fail(reason)
     a.emit("Result", {"dialId": dial.id}, {"dialId": dial.id})
-
-
-def dials_of(engine: "FlowEngine") -> Iterable[Dial]:
-    return list(engine.dials.values())  # type: ignore[attr-defined]

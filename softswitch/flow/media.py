@@ -56,8 +56,7 @@ class MediaOp:
 
     def start(self) -> None:
         leg = self.flow_leg.leg
-        if leg.direction == "inbound" and leg.status.value == "created":
-            leg.call.answer(_op(183))  # early media on an unanswered inbound leg
+        leg.early_media()  # a no-op unless the leg is inbound and unanswered
         if leg.slot is not None:
             self._play(leg.slot)
         else:
@@ -86,13 +85,6 @@ class MediaOp:
         self.engine.media_snapshots.put(self.id, self.ended)
         for listener in list(self.listeners):
             listener(self.ended)
-
-
-def _op(code: int):
-    import pjsua2 as pj
-    prm = pj.CallOpParam()
-    prm.statusCode = code
-    return prm
 
 
 def register(engine: "FlowEngine") -> None:

@@ -111,6 +111,11 @@ class Leg:
             self._enter(LegStatus.RINGING)
             self._publish(LegRinging(self.id))
 
+    def early_media(self) -> None:
+        """183 Session Progress with SDP, so media can play to an unanswered inbound leg."""
+        if self.status is LegStatus.CREATED and self.direction == "inbound":
+            self.call.answer(_op(183))
+
     def answer(self) -> None:
         if self.direction != "inbound" or self.answered or self.ended:
             return

@@ -10,6 +10,7 @@ and which trunk or extension did this INVITE come from.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -86,15 +87,11 @@ class Admission:
 
 
 def _rewrite_host(uri: str, host: str, port: int, transport: str) -> str:
+    """`uri` with its host:port replaced, keeping user, parameters and headers."""
     scheme, _, rest = uri.partition(":")
     userinfo, at, hostpart = rest.rpartition("@")
-    params = ""
-    for sep in (";", "?", ">"):
-        if sep in hostpart:
-            idx = hostpart.index(sep)
-            params = hostpart[idx:] + params if not params else params
-            hostpart = hostpart[:idx]
-            break
+    cut = re.search(r"[;?>]", hostpart)
+    params = hostpart[cut.start():] if cut else ""
     if ";transport=" not in params.lower() and transport.upper() == "TCP":
         params = ";transport=tcp" + params
     user = f"{userinfo}@" if at else ""
