@@ -130,6 +130,18 @@ class Leg:
         except pj.Error as exc:
             log.debug("leg %s: hangup: %s", self.id, exc.info())
 
+    def send_dtmf(self, digits: str, method: str = "rfc2833", duration_ms: int = 160) -> None:
+        """Send digits as RFC 2833 events or SIP INFO (in-band digits are audio: see media/)."""
+        if self.ended or self.call is None:
+            raise RuntimeError(f"leg {self.id} has ended")
+        if method not in _DTMF_SEND:
+            raise ValueError(f"DTMF method {method!r} is not rfc2833 or info")
+        prm = pj.CallSendDtmfParam()
+        prm.digits = digits
+        prm.method = _DTMF_SEND[method]
+        prm.duration = duration_ms
+        self.call.sendDtmf(prm)
+
     def destroy(self) -> None:
         """Last resort at shutdown: drop the pjsua2 call object."""
         self.call.leg = None
@@ -191,6 +203,7 @@ def _op(code: int) -> "pj.CallOpParam":
 
 
 _DTMF_METHODS = {0: "rfc2833", 1: "info"}
+_DTMF_SEND = {"rfc2833": pj.PJSUA_DTMF_METHOD_RFC2833, "info": pj.PJSUA_DTMF_METHOD_SIP_INFO}
 
 
 class SipCall(pj.Call):
@@ -211,7 +224,8 @@ class SipCall(pj.Call):
 
     def onDtmfDigit(self, prm) -> None:
         if self.leg is not None:
-            self.ua.guard("onDtmfDigit", self.leg._on_dtmf, prm.digit, "rfc2833")
+            self.ua.guard("onDtmfDigit", self.leg._on_dtmf, prm.digit,
+                          _DTMF_METHODS.get(int(getattr(prm, "method", 0)), "rfc2833"))
 
     def onDtmfEvent(self, prm) -> None:  # pjproject >= 2.13 reports the method here instead
         if self.leg is not None:
