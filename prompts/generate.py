@@ -26,6 +26,7 @@ RATE = 8000
 SPEECH = {
     "welcome": "Welcome to soft switch.",
     "menu": "For support, press 1. For sales, press 2. To talk to our assistant, press 3.",
+    "menu_queues": "For support, press 1. For sales, press 2.",
     "menu_invalid": "Sorry, that is not a valid choice.",
     "queue_position": "You are caller number",
     "queue_wait": "Please hold, an agent will be with you shortly.",
@@ -44,12 +45,14 @@ def speak(text: str, out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.wav"
         subprocess.run(["espeak-ng", "-v", "en-us", "-s", "155", "-w", str(raw), text], check=True)
-        subprocess.run(["sox", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(out),
+        subprocess.run(["sox", "-D", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(out),
                         "gain", "-n", "-3"], check=True)
 
 
-def hold_music(seconds: float = 30.0) -> np.ndarray:
-    """A soft, slow arpeggio: recognisably music, tonally distinct from the test tones."""
+def hold_music(seconds: float = 45.0) -> np.ndarray:
+    """A soft, slow arpeggio: recognisably music, tonally distinct from the test tones.
+
+    45 s outlasts one 30 s turn of the demos' hold loop, which restarts it every turn."""
     t = np.arange(int(RATE * 0.5)) / RATE
     envelope = np.minimum(1.0, t / 0.02) * np.exp(-t * 3.0)
     notes = [261.63, 329.63, 392.00, 523.25, 392.00, 329.63]  # C major arpeggio
