@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from . import __version__
 from .config import Config, ConfigError, load_config, with_overrides
+
+if TYPE_CHECKING:
+    from .sip.endpoint import UserAgent
 
 log = logging.getLogger("softswitch")
 
@@ -102,6 +108,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("received %s: stopping", signal.Signals(signum).name)
         ua.request_stop()
 
+    # SIGHUP only raises a flag: flows are loaded on this (main) thread, off the UA loop, then
+    # handed over. Installed before start so an early SIGHUP never kills the process.
+    reload_requested = threading.Event()
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_requested.set())
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
@@ -111,10 +121,57 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     log.info("ready")
-    while not ua.wait_stopped(0.5):
-        pass
+    while not ua.wait_stopped(0.2):
+        if reload_requested.is_set():
+            reload_requested.clear()
+            config = _reload_flows(args, config, ua)
     ua.stop()
     return 0
+
+
+def _reload_flows(args: argparse.Namespace, config: Config, ua: "UserAgent") -> Config:
+    """SIGHUP: load the config's flow files again and hand them to the UA thread.
+
+    New calls use the new flows; running executions keep theirs. If anything fails to load,
+    every error is logged and the current flows stay. Only `flows:` is applied: other settings
+    need a restart. Returns the config now in force."""
+    from .flow.model import FlowError
+    source = args.config or "built-in default config"
+    log.info("received SIGHUP: reloading the flows of %s", source)
+    try:
+        new_config, flows = _load_with_flows(args)
+    except ConfigError as exc:
+        log.error("reload failed, keeping the current flows: %s", exc)
+        return config
+    except FlowError as exc:
+        plural = "" if len(exc.issues) == 1 else "s"
+        log.error("reload failed (%d error%s), keeping the current flows:", len(exc.issues), plural)
+        for issue in exc.issues:
+            log.error("  %s", issue)
+        return config
+    if dataclasses.replace(new_config, flows=config.flows) != config:
+        log.warning("reload: settings other than flows changed in %s; they take effect at the next restart",
+                    source)
+
+    def apply() -> None:  # on the UA thread, which owns the call handler
+        from .flow.runtime import FlowEngine
+        handler = ua.handler
+        if isinstance(handler, FlowEngine):
+            if not flows:
+                log.error("reload refused: the config lists no flow files; keeping the %d current flows "
+                          "(restart to go back to the built-in welcome handler)", len(handler.flows))
+                return
+            handler.reload(flows)
+        elif flows:
+            # Started without flows: calls in progress finish with the welcome handler.
+            engine = FlowEngine(ua, [])
+            engine.reload(flows)
+            ua.handler = engine
+        else:
+            log.info("reload: still no flow files; the built-in welcome handler stays")
+
+    ua.call_soon(lambda: ua.guard("flow reload", apply))
+    return dataclasses.replace(config, flows=new_config.flows)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one setting, e.g. --set sip.udp_port=5070 (repeatable)")
 
-    run = sub.add_parser("run", help="start the server (SIGINT/SIGTERM stop it gracefully)")
+    run = sub.add_parser("run", help="start the server (SIGINT/SIGTERM stop it gracefully; SIGHUP reloads flows)")
     common(run)
     run.add_argument("--record", action="store_true",
                      help="record every call to directories.recordings (built-in welcome handler)")

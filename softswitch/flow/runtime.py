@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..sip.events import LegDtmf, LegEnded, LegEvent
 from ..sip.legs import parse_party
@@ -40,12 +40,43 @@ class FlowLeg:
         return self.leg.id
 
 
+TriggerKey = tuple[str, str]  # (kind, ref): what an admitted call or a queue is matched by
+
+
+@dataclass(frozen=True)
+class FlowsReloaded:
+    """The active flows were replaced (SIGHUP). Executions already running keep the `Flow`
+    objects they started with; only new trigger emissions use `new`."""
+
+    old: tuple[Flow, ...]
+    new: tuple[Flow, ...]
+    added: tuple[TriggerKey, ...]  # triggers only in the new flows
+    removed: tuple[TriggerKey, ...]  # triggers gone: their live calls continue on the old flow
+
+    def summary(self) -> str:
+        keys = _trigger_keys(self.new)
+        text = (f"flows reloaded: {len(self.new)} flow{'s' if len(self.new) != 1 else ''} "
+                f"({', '.join(f.name for f in self.new) or 'none'}), {len(keys)} trigger{'s' if len(keys) != 1 else ''} "
+                f"({', '.join(f'{kind} {ref}' for kind, ref in keys) or 'none'})")
+        if self.added:
+            text += "; added " + ", ".join(f"{kind} {ref}" for kind, ref in self.added)
+        if self.removed:
+            text += "; removed " + ", ".join(f"{kind} {ref}" for kind, ref in self.removed)
+        return text
+
+
+def _trigger_keys(flows: Iterable[Flow]) -> list[TriggerKey]:
+    return [(t.kind, t.ref) for f in flows for t in f.triggers]
+
+
 class FlowEngine:
     """Runs the active flows for the calls the UA admits (UA thread only)."""
 
     def __init__(self, ua: "UserAgent", flows: Iterable[Flow]) -> None:
         self.ua = ua
         self.flows = list(flows)
+        # Told when SIGHUP replaces the flows (e.g. queue triggers that appear or disappear).
+        self.reload_listeners: list[Callable[[FlowsReloaded], None]] = []
         self.runner = FlowRunner(ua.call_soon)
         self.legs: dict[str, FlowLeg] = {}
         self.snapshots: TerminalSnapshots = TerminalSnapshots(ua.timers)
@@ -58,6 +89,28 @@ class FlowEngine:
         dial.register(self)
         media.register(self)
         self._media_events = media.on_leg_event
+
+    # ---- reload (SIGHUP) --------------------------------------------------------------------
+    def reload(self, flows: Iterable[Flow]) -> FlowsReloaded:
+        """Make `flows` the active flows for calls and trigger emissions from now on (UA thread).
+
+        Nothing running is touched: an `Execution` holds its own `Flow`, so live calls finish the
+        path they started on, even when their trigger is gone. Listeners (e.g. queues, whose
+        triggers dispatch later) are told what was added and removed; one failing listener is
+        logged and does not stop the others or the reload."""
+        old, new = tuple(self.flows), tuple(flows)
+        old_keys, new_keys = _trigger_keys(old), _trigger_keys(new)
+        event = FlowsReloaded(old, new, tuple(k for k in new_keys if k not in old_keys),
+                              tuple(k for k in old_keys if k not in new_keys))
+        self.flows = list(new)
+        for listener in list(self.reload_listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("flow reload listener %r failed", listener)
+        live = f"; {len(self.legs)} live legs continue on the flows they started with" if self.legs else ""
+        log.info("%s%s", event.summary(), live)
+        return event
 
     # ---- triggers -------------------------------------------------------------------------
     def on_incoming_leg(self, leg: "Leg") -> None:
