@@ -1,16 +1,325 @@
-"""WAV recorders on the bridge: whatever is connected to a recorder's slot is written to file."""
+"""Recorders on the bridge.
+
+`CallRecorder` is a leg's call recording (reference §5.5): what the leg sends us (inbound) and
+everything softswitch sends the leg (outbound: prompts, tones, the bridged peer), mixed to mono
+or split into stereo (channel 1 inbound, channel 2 outbound), time-aligned, written crash-safe
+as the call goes (`wavfile.StreamingWav`). Two native frame ports tap the bridge: the leg's slot
+feeds the inbound tap, and the outbound tap is a mirror of the leg's slot (`bridge.Bridge`), so
+it receives every source connected to the leg. The bridge's clock puts exactly one frame per
+tick into each tap (silence when nothing is connected), so both channels advance together; the
+UA loop drains both in batches every `DRAIN_INTERVAL_S` with numpy, never per sample.
+
+`WavRecorder` is pjsua's own recorder (one slot to a file, header written on close), kept for
+`run --record` with the built-in welcome handler.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
+import numpy as np
 import pjsua2 as pj
 
 from . import bridge
+from .frameport import FramePort
+from .wavfile import StreamingWav, repair_directory
 
 if TYPE_CHECKING:
     from ..sip.endpoint import UserAgent
+
+log = logging.getLogger("softswitch.media.recording")
+
+# How often the UA loop empties a recorder's taps. Together with the WAV header refresh (every
+# 0.5 s of audio) it bounds what a kill -9 can lose before the start-up repair (~0.6 s).
+DRAIN_INTERVAL_S = 0.1
+# Tap ring size in 20 ms frames: the UA loop may stall this long (2.56 s) before frames drop;
+# dropped frames are replaced by silence, so the file keeps the call's duration.
+TAP_FRAMES = 128
+# Frames one channel may run ahead of the other before the short one is padded with silence.
+MAX_SKEW_FRAMES = 3
+
+_EMPTY = np.zeros(0, dtype=np.int16)
+
+
+@dataclass(frozen=True)
+class RecordingResult:
+    path: Path
+    duration_ms: int
+    bytes_produced: int
+    channels: int
+    rate: int
+
+
+class RecordingMixer:
+    """The recording's data path without the bridge: pairs inbound and outbound frames as the
+    taps deliver them, keeps both channels aligned, drops paused audio, mixes or splits, and
+    hands int16 samples at the file's rate to `write`.
+
+    Each bridge tick gives each tap one frame, but a drain can catch one tap a frame ahead of
+    the other: the surplus is carried to the next batch. A lasting gap (a tap overran and lost
+    frames) is padded with silence so both channels keep real time.
+    """
+
+    def __init__(self, write: Callable[[np.ndarray], None], *, channels: int, samples_per_frame: int,
+                 bridge_rate: int = 8000, rate: int | None = None) -> None:
+        self._write_out = write
+        self.channels = channels
+        self.spf = samples_per_frame
+        self.paused = False
+        self.frames_written = 0  # bridge-rate samples per channel
+        self._carry_in = _EMPTY
+        self._carry_out = _EMPTY
+        rate = rate or bridge_rate
+        self._resampler = None if rate == bridge_rate else _LinearResampler(bridge_rate, rate)
+
+    def push(self, inbound: np.ndarray, outbound: np.ndarray, *, final: bool = False) -> None:
+        """Frames drained from the taps (any lengths); `final` flushes everything, padded."""
+        if self.paused:
+            self.discard()
+            return
+        if len(self._carry_in):
+            inbound = np.concatenate((self._carry_in, inbound))
+        if len(self._carry_out):
+            outbound = np.concatenate((self._carry_out, outbound))
+        n_in, n_out = len(inbound), len(outbound)
+        if final or abs(n_in - n_out) > MAX_SKEW_FRAMES * self.spf:
+            n = max(n_in, n_out)  # one tap lost frames the other kept: pad, keep real time
+            inbound, outbound = _pad(inbound, n), _pad(outbound, n)
+        else:
+            n = min(n_in, n_out)
+        self._carry_in = inbound[n:].copy()
+        self._carry_out = outbound[n:].copy()
+        if n:
+            samples = mix_frames(inbound[:n], outbound[:n], self.channels)
+            if self._resampler is not None:
+                samples = self._resampler.run(samples)
+            self.frames_written += n
+            self._write_out(samples)
+
+    def discard(self) -> None:
+        """Forget what is carried (audio heard while paused or before the leg had media)."""
+        self._carry_in = self._carry_out = _EMPTY
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.discard()
+        self.paused = False
+
+
+class CallRecorder:
+    """One leg's call recording. Create, `attach(slot)` when the leg has media, `close()`.
+
+    Audio before the first `attach` and while paused is discarded, so the file covers the time
+    the leg had media and the recording was running.
+    """
+
+    def __init__(self, ua: "UserAgent", path: Path, *, split: bool = False, rate: int | None = None) -> None:
+        self.ua = ua
+        self.path = Path(path)
+        self.split = split
+        self.bridge_rate: int = ua.config.media.clock_rate
+        self.rate = int(rate or self.bridge_rate)
+        self.channels = 2 if split else 1
+        self.closed = False
+        self.slot: int | None = None
+        self.result: RecordingResult | None = None
+        self._bridge: bridge.Bridge = ua.bridge
+        self._attached_once = False
+        self._overruns = {"in": 0, "out": 0}
+        self._wav = StreamingWav(self.path, self.rate, self.channels)
+        self._in: FramePort | None = None
+        self._out: FramePort | None = None
+        try:
+            self._in = FramePort(ua, "rec-in", capacity_frames=TAP_FRAMES)
+            self._out = FramePort(ua, "rec-out", capacity_frames=TAP_FRAMES)
+        except Exception:
+            self._close_ports()
+            self._wav.close()
+            raise
+        self.mixer = RecordingMixer(self._wav.write, channels=self.channels,
+                                    samples_per_frame=self._in.samples_per_frame,
+                                    bridge_rate=self.bridge_rate, rate=self.rate)
+        self._next_drain = 0.0
+        self._remove_poller = ua.add_poller(self.poll)
+        ua.keep(self)
+
+    @property
+    def paused(self) -> bool:
+        return self.mixer.paused
+
+    # ---- wiring (UA thread) ---------------------------------------------------------------
+    def attach(self, slot: int) -> None:
+        """Tap the leg at `slot` (again after a re-INVITE moved it)."""
+        if self.closed or slot == self.slot:
+            return
+        if self.slot is not None:
+            self.drain()
+            self._detach()
+        bridge.connect(slot, self._in.slot)
+        self._bridge.add_mirror(slot, self._out.slot)
+        self.slot = slot
+        if not self._attached_once:
+            # What the taps heard before the leg had media is silence heartbeats: not the call.
+            self._attached_once = True
+            self._in.read()
+            self._out.read()
+            self.mixer.discard()
+
+    def _detach(self) -> None:
+        slot, self.slot = self.slot, None
+        if slot is None:
+            return
+        try:
+            bridge.disconnect(slot, self._in.slot)
+        except RuntimeError:
+            pass  # the leg's port is gone with its call
+        self._bridge.remove_mirror(slot, self._out.slot)
+
+    # ---- control --------------------------------------------------------------------------
+    def pause(self) -> None:
+        if not self.paused and not self.closed:
+            self.drain()
+            self.mixer.pause()
+
+    def resume(self) -> None:
+        if self.paused and not self.closed:
+            self.drain()  # discards what was heard while paused
+            self.mixer.resume()
+
+    # ---- the data path --------------------------------------------------------------------
+    def poll(self) -> None:
+        """Run by the UA loop every turn; drains only every DRAIN_INTERVAL_S."""
+        now = time.monotonic()
+        if now >= self._next_drain:
+            self._next_drain = now + DRAIN_INTERVAL_S
+            self.drain()
+
+    def drain(self, *, final: bool = False) -> None:
+        """Move what both taps collected into the file, aligned frame by frame."""
+        if self.closed:
+            return
+        inbound = self._take(self._in, "in")
+        outbound = self._take(self._out, "out")
+        if self.slot is None:
+            self.mixer.discard()
+            return
+        self.mixer.push(inbound, outbound, final=final)
+
+    def _take(self, port: FramePort, which: str) -> np.ndarray:
+        samples = port.read()
+        if len(samples) >= TAP_FRAMES * self.mixer.spf:
+            # The ring was full: frames after these may have been dropped. Put silence where
+            # they were, so the recording keeps real time (and both channels stay aligned).
+            overruns = int(port.stats().get("rx_overruns", 0))
+            lost = overruns - self._overruns[which]
+            self._overruns[which] = overruns
+            if lost > 0:
+                log.warning("%s: recording tap %s overran by %d frames; writing silence", self.path.name,
+                            which, lost)
+                samples = np.concatenate((samples, np.zeros(lost * self.mixer.spf, dtype=np.int16)))
+        return samples
+
+    # ---- the end ----------------------------------------------------------------------------
+    def close(self) -> RecordingResult:
+        """Write what is left, leave the bridge, finalize the file. Idempotent."""
+        if self.result is not None:
+            return self.result
+        try:
+            self.drain(final=True)
+        except RuntimeError as exc:  # ports already closed by the UA's shutdown
+            log.debug("%s: final drain skipped: %s", self.path.name, exc)
+        self.closed = True
+        self._remove_poller()
+        try:
+            self._detach()
+        except RuntimeError:
+            pass
+        self._close_ports()
+        self._wav.close()
+        self.result = RecordingResult(self.path, int(round(self._wav.seconds * 1000)),
+                                      self._wav.data_bytes + 44, self.channels, self.rate)
+        self.ua.release(self)
+        return self.result
+
+    def _close_ports(self) -> None:
+        for port in (self._in, self._out):
+            if port is not None:
+                try:
+                    port.close()
+                except RuntimeError:
+                    pass
+                self.ua.release(port)
+
+    @property
+    def seconds(self) -> float:
+        return self._wav.seconds
+
+
+def mix_frames(inbound: np.ndarray, outbound: np.ndarray, channels: int) -> np.ndarray:
+    """Equal-length int16 inbound/outbound → mono mix (clipped sum) or stereo (in, out)."""
+    if channels == 1:
+        mixed = inbound.astype(np.int32)
+        mixed += outbound
+        np.clip(mixed, -32768, 32767, out=mixed)
+        return mixed.astype(np.int16)
+    stereo = np.empty((len(inbound), 2), dtype=np.int16)
+    stereo[:, 0] = inbound
+    stereo[:, 1] = outbound
+    return stereo
+
+
+def _pad(samples: np.ndarray, n: int) -> np.ndarray:
+    if len(samples) >= n:
+        return samples
+    return np.concatenate((samples, np.zeros(n - len(samples), dtype=np.int16)))
+
+
+class _LinearResampler:
+    """Streaming linear interpolation from the bridge rate to the file's rate (mono or stereo);
+    the last input sample is carried so batches join without clicks."""
+
+    def __init__(self, src_rate: int, dst_rate: int) -> None:
+        self.step = src_rate / dst_rate
+        self.pos = 0.0  # where the next output sample falls, in input samples from `prev`
+        self.prev: np.ndarray | None = None
+
+    def run(self, samples: np.ndarray) -> np.ndarray:
+        if len(samples) == 0:
+            return samples
+        x = samples.astype(np.float64)
+        if self.prev is not None:
+            x = np.concatenate((self.prev[None, ...], x))
+        last = len(x) - 1
+        if last <= self.pos:
+            self.prev = x[-1]
+            self.pos -= last
+            return samples[:0]
+        count = int(np.ceil((last - self.pos) / self.step))
+        t = self.pos + self.step * np.arange(count)
+        i = t.astype(np.int64)
+        frac = t - i
+        if x.ndim == 2:
+            frac = frac[:, None]
+        y = x[i] * (1.0 - frac) + x[i + 1] * frac
+        self.pos = t[-1] + self.step - last
+        self.prev = x[-1]
+        return np.clip(np.round(y), -32768, 32767).astype(np.int16)
+
+
+def repair_recordings(directory: Path) -> list[Path]:
+    """Start-up: make every WAV a crash left unfinished cover all its audio; logs what it fixed."""
+    fixed = repair_directory(directory)
+    for path in fixed:
+        log.warning("repaired unfinished recording %s (the process stopped while recording)", path)
+    if fixed:
+        log.info("repaired %d unfinished recording(s) in %s", len(fixed), directory)
+    return fixed
 
 
 class WavRecorder:

@@ -89,6 +89,7 @@ class UserAgent:
         self.extensions = None
         self.trunks = None  # trunks.Trunks: provider connections and registrations (outbound edge)
         self.dialer = None  # dialer.Dialer: outbound legs (outbound edge)
+        self.bridge = None  # media.bridge.Bridge: mirrors for call recordings (set on the UA thread)
         self._log_writer = None
         self.listen: ListenInfo | None = None
         self.loop_lag_max = 0.0
@@ -177,6 +178,12 @@ class UserAgent:
     def _run(self) -> None:
         try:
             self._create_endpoint()
+            # -- call recording: the bridge's mirror table; WAVs a crash left open, repaired before any call --
+            from ..media.bridge import Bridge
+            from ..media.recorders import repair_recordings
+            self.bridge = Bridge.install_on_current_thread()
+            repair_recordings(self.config.directories.recordings)
+            # -- end call recording --
             if self._handler_factory is not None:
                 self.handler = self._handler_factory(self)
         except BaseException as exc:
