@@ -32,6 +32,7 @@ from .trunks import ForwardingAccount, account_config, connection_id_uri, quote_
 if TYPE_CHECKING:
     from ..config import Config, Connection
     from .endpoint import UserAgent
+    from .registrar import Binding
     from .trunks import Trunks
 
 log = logging.getLogger("softswitch.dialer")
@@ -66,6 +67,18 @@ class DialTarget:
     endpoint: EndpointKey | None = None  # extension calls: the registered endpoint
     codecs: tuple[str, ...] = ()
     dtmf_methods: tuple[str, ...] = DEFAULT_DTMF_METHODS
+
+
+@dataclass(frozen=True)
+class ExtensionEndpoint:
+    """One registered endpoint of an extension: one attempt of an extension dial."""
+
+    number: str
+    binding: "Binding"
+
+    @property
+    def label(self) -> str:
+        return f"{self.number} at {self.binding.contact}"
 
 
 @dataclass
@@ -203,20 +216,12 @@ class Dialer:
                             tuple(dtmf_methods) if dtmf_methods is not None else DEFAULT_DTMF_METHODS)
         return self._place(account, cache_key, target, extra, on_event)
 
-    def dial_extension(self, numbers: Iterable[str], *, only_free: bool = True, caller_number: str | None = None,
-                       caller_name: str | None = None, headers: Iterable[tuple[str, str]] = (),
-                       codecs: Sequence[str] | None = None, dtmf_methods: Sequence[str] | None = None,
-                       on_event: Callable[[LegEvent], None] | None = None) -> list[Leg]:
-        """Ring every registered endpoint of each extension at once (numbers in the given order,
-        then endpoints by contact). An empty list means none is available (reference: the
-        `Unavailable` branch). With `only_free`, endpoints already in a live call are skipped
-        (`ua.extensions` knows which; each leg placed here is tracked there until it ends)."""
-        extra = _checked_headers(headers)
-        codec_list = self._codec_list(codecs)
-        dtmf = tuple(dtmf_methods) if dtmf_methods is not None else DEFAULT_DTMF_METHODS
-        account, cache_key = self._local_account(caller_number, caller_name)  # checks the caller ID first
+    def extension_endpoints(self, numbers: Iterable[str], *, only_free: bool = True) -> list["ExtensionEndpoint"]:
+        """The endpoints an extension dial would ring, in order: numbers as given (duplicates
+        dropped), then each number's registered endpoints by contact. With `only_free`, endpoints
+        already in a live call are left out. Empty means none is available (`Unavailable`)."""
         extensions = self.ua.extensions
-        legs: list[Leg] = []
+        endpoints: list[ExtensionEndpoint] = []
         seen: set[str] = set()
         for number in numbers:
             number = number.strip()
@@ -224,17 +229,59 @@ class Dialer:
                 continue
             seen.add(number)
             for binding in sorted(extensions.endpoints(number, only_free=only_free), key=lambda b: b.contact):
-                target = DialTarget("extension", number, binding.target_uri, (binding.username, binding.contact),
-                                    codec_list, dtmf)
-                try:
-                    leg = self._place(account, cache_key, target, extra, on_event)
-                except DialError as exc:  # one bad contact must not stop the other phones ringing
-                    log.warning("extension %s: cannot call endpoint %s: %s", number, binding.contact, exc)
-                    continue
-                if not leg.ended:
-                    extensions.track_leg(leg, number, binding)
-                legs.append(leg)
+                endpoints.append(ExtensionEndpoint(number, binding))
+        return endpoints
+
+    def dial_endpoint(self, endpoint: "ExtensionEndpoint", *, only_free: bool = True, caller_number: str | None = None,
+                      caller_name: str | None = None, headers: Iterable[tuple[str, str]] = (),
+                      codecs: Sequence[str] | None = None, dtmf_methods: Sequence[str] | None = None,
+                      on_event: Callable[[LegEvent], None] | None = None) -> Leg:
+        """Ring one endpoint of an extension (tracked in `ua.extensions` until the leg ends).
+
+        The endpoint is checked again first: a sequential dial rings endpoints planned seconds
+        ago, which may have unregistered or (with `only_free`) started another call since."""
+        extra = _checked_headers(headers)
+        account, cache_key = self._local_account(caller_number, caller_name)  # checks the caller ID first
+        extensions = self.ua.extensions
+        current = extensions.endpoints(endpoint.number, only_free=only_free)
+        if not any(b.contact == endpoint.binding.contact for b in current):
+            state = "busy or unregistered" if only_free else "unregistered"
+            raise DialError(f"extension {endpoint.number} endpoint {endpoint.binding.contact} is {state} now")
+        binding = next(b for b in current if b.contact == endpoint.binding.contact)
+        target = DialTarget("extension", endpoint.number, binding.target_uri, (binding.username, binding.contact),
+                            self._codec_list(codecs),
+                            tuple(dtmf_methods) if dtmf_methods is not None else DEFAULT_DTMF_METHODS)
+        leg = self._place(account, cache_key, target, extra, on_event)
+        if not leg.ended:
+            extensions.track_leg(leg, endpoint.number, binding)
+        return leg
+
+    def dial_extension(self, numbers: Iterable[str], *, only_free: bool = True, caller_number: str | None = None,
+                       caller_name: str | None = None, headers: Iterable[tuple[str, str]] = (),
+                       codecs: Sequence[str] | None = None, dtmf_methods: Sequence[str] | None = None,
+                       on_event: Callable[[LegEvent], None] | None = None) -> list[Leg]:
+        """Ring every endpoint of `extension_endpoints` at once. An empty list means none is
+        available (reference: the `Unavailable` branch)."""
+        headers = _checked_headers(headers)
+        self._local_account(caller_number, caller_name)  # a bad caller ID fails the dial, not each phone
+        legs: list[Leg] = []
+        for endpoint in self.extension_endpoints(numbers, only_free=only_free):
+            try:
+                legs.append(self.dial_endpoint(endpoint, only_free=only_free, caller_number=caller_number,
+                                               caller_name=caller_name, headers=headers, codecs=codecs,
+                                               dtmf_methods=dtmf_methods, on_event=on_event))
+            except DialError as exc:  # one bad contact must not stop the other phones ringing
+                log.warning("extension %s: cannot call endpoint %s: %s", endpoint.number,
+                            endpoint.binding.contact, exc)
         return legs
+
+    @staticmethod
+    def check_call_options(caller_number: str | None = None, caller_name: str | None = None,
+                           headers: Iterable[tuple[str, str]] = ()) -> None:
+        """Refuse a bad caller ID or custom header before any attempt is placed (DialError)."""
+        _checked_headers(headers)
+        _caller_number(caller_number)
+        _caller_name(caller_name)
 
     def target_of(self, leg_id: str) -> DialTarget | None:
         """What an outbound leg placed here was dialled to (while the UA still knows the leg)."""
