@@ -10,6 +10,12 @@
  *            consumer = UA thread (read_into)
  *   tx ring: producer = UA thread (write)
  *            consumer = clock thread (get_frame; an empty ring yields a NONE frame = silence)
+ *
+ * keep_newest mode (taps): when the rx ring is full the clock thread drops the *oldest* frame
+ * instead of the new one, so an unread tap always holds the last `capacity` frames (a leg's
+ * pre-roll) with no Python work at all until someone reads it. Moving the tail from the
+ * producer breaks the SPSC contract, so in that mode both sides take a small mutex around rx
+ * (a 320-byte copy under an uncontended futex; tx stays lock-free).
  */
 #include "softswitch_native.h"
 
@@ -33,7 +39,9 @@ typedef struct native_port {
     ring_t tx;
     _Atomic uint32_t tx_flush;  /* generation counter: the consumer drops queued tx when it changes */
     uint32_t tx_flush_seen;
-    _Atomic uint64_t rx_frames, rx_overruns, tx_frames, tx_underruns, rx_empty;
+    int keep_newest;            /* rx full: overwrite the oldest frame (under rx_lock) */
+    pj_mutex_t *rx_lock;        /* only in keep_newest mode */
+    _Atomic uint64_t rx_frames, rx_overruns, tx_frames, tx_underruns, rx_empty, rx_overwritten;
 } native_port_t;
 
 typedef struct {
@@ -89,6 +97,25 @@ static inline int ring_pop(ring_t *r, int16_t *out) {
     return 1;
 }
 
+/* keep_newest mode: make room by dropping the oldest frame (caller holds rx_lock). */
+static inline void ring_drop_oldest_if_full(native_port_t *p) {
+    ring_t *r = &p->rx;
+    uint32_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+    uint32_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    if (head - tail >= r->capacity) {
+        atomic_store_explicit(&r->tail, tail + 1, memory_order_release);
+        atomic_fetch_add_explicit(&p->rx_overwritten, 1, memory_order_relaxed);
+    }
+}
+
+static inline void rx_enter(native_port_t *p) {
+    if (p->rx_lock) pj_mutex_lock(p->rx_lock);
+}
+
+static inline void rx_leave(native_port_t *p) {
+    if (p->rx_lock) pj_mutex_unlock(p->rx_lock);
+}
+
 /* ---- clock thread ---------------------------------------------------------------------- */
 
 static pj_status_t port_put_frame(pjmedia_port *this_port, pjmedia_frame *frame) {
@@ -98,6 +125,14 @@ static pj_status_t port_put_frame(pjmedia_port *this_port, pjmedia_frame *frame)
         audio = (const int16_t *)frame->buf;
     else
         atomic_fetch_add_explicit(&p->rx_empty, 1, memory_order_relaxed);
+    if (p->keep_newest) {
+        rx_enter(p);
+        ring_drop_oldest_if_full(p);
+        ring_push(&p->rx, audio);
+        rx_leave(p);
+        atomic_fetch_add_explicit(&p->rx_frames, 1, memory_order_relaxed);
+        return PJ_SUCCESS;
+    }
     /* Silence is queued too, so a reader sees real time pass (VAD, recorders, AI streams). */
     if (ring_push(&p->rx, audio))
         atomic_fetch_add_explicit(&p->rx_frames, 1, memory_order_relaxed);
@@ -131,6 +166,10 @@ static pj_status_t port_on_destroy(pjmedia_port *this_port) {
     native_port_t *p = (native_port_t *)this_port;
     pj_pool_t *pool = p->pool;
     p->pool = NULL;
+    if (p->rx_lock) {
+        pj_mutex_destroy(p->rx_lock);
+        p->rx_lock = NULL;
+    }
     if (pool) pj_pool_release(pool);
     return PJ_SUCCESS;
 }
@@ -138,26 +177,31 @@ static pj_status_t port_on_destroy(pjmedia_port *this_port) {
 /* ---- Python object (UA thread only) ---------------------------------------------------- */
 
 static int FramePort_init(FramePortObject *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"name", "clock_rate", "ptime_ms", "capacity_frames", NULL};
+    static char *kwlist[] = {"name", "clock_rate", "ptime_ms", "capacity_frames", "keep_newest",
+                             "tx_capacity_frames", NULL};
     const char *name = "frameport";
-    unsigned clock_rate = 8000, ptime_ms = 20, capacity = 64;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|sIII", kwlist, &name, &clock_rate, &ptime_ms,
-                                     &capacity))
+    unsigned clock_rate = 8000, ptime_ms = 20, capacity = 64, tx_capacity = 0;
+    int keep_newest = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|sIIIpI", kwlist, &name, &clock_rate, &ptime_ms,
+                                     &capacity, &keep_newest, &tx_capacity))
         return -1;
+    if (tx_capacity == 0) tx_capacity = capacity;
     if (self->port) {
         PyErr_SetString(PyExc_RuntimeError, "FramePort is already initialised");
         return -1;
     }
     if (clock_rate < 8000 || clock_rate > 48000 || ptime_ms < 10 || ptime_ms > 60 || capacity < 2 ||
-        capacity > 65536) {
+        capacity > 65536 || tx_capacity < 2 || tx_capacity > 65536) {
         PyErr_SetString(PyExc_ValueError,
-                        "FramePort needs clock_rate 8000..48000, ptime_ms 10..60, capacity_frames 2..65536");
+                        "FramePort needs clock_rate 8000..48000, ptime_ms 10..60, capacity_frames and "
+                        "tx_capacity_frames 2..65536");
         return -1;
     }
     if (ss_require_pj_thread() != 0) return -1;
 
     unsigned spf = clock_rate * ptime_ms / 1000;
-    pj_pool_t *pool = pjsua_pool_create("frameport", 1024 + 2 * (pj_size_t)round_pow2(capacity) * spf * 2, 1024);
+    pj_pool_t *pool = pjsua_pool_create(
+        "frameport", 1024 + ((pj_size_t)round_pow2(capacity) + round_pow2(tx_capacity)) * spf * 2, 1024);
     if (!pool) {
         PyErr_NoMemory();
         return -1;
@@ -171,10 +215,18 @@ static int FramePort_init(FramePortObject *self, PyObject *args, PyObject *kwds)
     p->base.get_frame = &port_get_frame;
     p->base.on_destroy = &port_on_destroy;
     if (ring_init(&p->rx, pool, capacity, spf) != PJ_SUCCESS ||
-        ring_init(&p->tx, pool, capacity, spf) != PJ_SUCCESS) {
+        ring_init(&p->tx, pool, tx_capacity, spf) != PJ_SUCCESS) {
         pj_pool_release(pool);
         PyErr_NoMemory();
         return -1;
+    }
+    if (keep_newest) {
+        pj_status_t lst = pj_mutex_create_simple(pool, "fprx", &p->rx_lock);
+        if (lst != PJ_SUCCESS) {
+            pj_pool_release(pool);
+            return ss_raise_pj("pj_mutex_create_simple", lst), -1;
+        }
+        p->keep_newest = 1;
     }
 #if SS_PJ_PORT_HAS_GRP_LOCK
     /* pjproject >= 2.14 removes conference ports asynchronously: the port must live until
@@ -246,7 +298,9 @@ static PyObject *FramePort_read_into(FramePortObject *self, PyObject *arg) {
     size_t max_frames = (size_t)view.len / (self->spf * sizeof(int16_t));
     size_t n = 0;
     int16_t *out = (int16_t *)view.buf;
+    rx_enter(self->port);
     while (n < max_frames && ring_pop(&self->port->rx, out + n * self->spf)) n++;
+    rx_leave(self->port);
     PyBuffer_Release(&view);
     return PyLong_FromSize_t(n * self->spf);
 }
@@ -262,7 +316,9 @@ static PyObject *FramePort_read(FramePortObject *self, PyObject *args) {
     if (!bytes) return NULL;
     int16_t *out = (int16_t *)PyBytes_AS_STRING(bytes);
     uint32_t n = 0;
+    rx_enter(self->port);
     while (n < avail && ring_pop(&self->port->rx, out + (size_t)n * self->spf)) n++;
+    rx_leave(self->port);
     if (n < avail && _PyBytes_Resize(&bytes, (Py_ssize_t)n * self->spf * sizeof(int16_t)) != 0) return NULL;
     return bytes;
 }
@@ -315,8 +371,10 @@ static PyObject *FramePort_clear_tx(FramePortObject *self, PyObject *unused) {
 static PyObject *FramePort_clear_rx(FramePortObject *self, PyObject *unused) {
     if (check_open(self)) return NULL;
     ring_t *rx = &self->port->rx;
+    rx_enter(self->port);
     atomic_store_explicit(&rx->tail, atomic_load_explicit(&rx->head, memory_order_acquire),
                           memory_order_release);
+    rx_leave(self->port);
     Py_RETURN_NONE;
 }
 
@@ -324,8 +382,9 @@ static PyObject *FramePort_stats(FramePortObject *self, PyObject *unused) {
     if (check_open(self)) return NULL;
     native_port_t *p = self->port;
     return Py_BuildValue(
-        "{s:K,s:K,s:K,s:K,s:K,s:I,s:I}", "rx_frames",
-        (unsigned long long)atomic_load(&p->rx_frames), "rx_overruns",
+        "{s:K,s:K,s:K,s:K,s:K,s:K,s:I,s:I}", "rx_frames",
+        (unsigned long long)atomic_load(&p->rx_frames), "rx_overwritten",
+        (unsigned long long)atomic_load(&p->rx_overwritten), "rx_overruns",
         (unsigned long long)atomic_load(&p->rx_overruns), "rx_silent",
         (unsigned long long)atomic_load(&p->rx_empty), "tx_frames",
         (unsigned long long)atomic_load(&p->tx_frames), "tx_underruns",
@@ -349,6 +408,14 @@ static PyObject *FramePort_get_capacity(FramePortObject *self, void *closure) {
     if (check_open(self)) return NULL;
     return PyLong_FromUnsignedLong(self->port->rx.capacity);
 }
+static PyObject *FramePort_get_tx_capacity(FramePortObject *self, void *closure) {
+    if (check_open(self)) return NULL;
+    return PyLong_FromUnsignedLong(self->port->tx.capacity);
+}
+static PyObject *FramePort_get_keep_newest(FramePortObject *self, void *closure) {
+    if (check_open(self)) return NULL;
+    return PyBool_FromLong(self->port->keep_newest);
+}
 
 static PyMethodDef FramePort_methods[] = {
     {"read_into", (PyCFunction)FramePort_read_into, METH_O, "Drain whole rx frames into a writable int16 buffer; returns samples written."},
@@ -367,7 +434,9 @@ static PyGetSetDef FramePort_getset[] = {
     {"closed", (getter)FramePort_get_closed, NULL, NULL, NULL},
     {"rx_available", (getter)FramePort_get_rx_available, NULL, "Frames waiting to be read.", NULL},
     {"tx_queued", (getter)FramePort_get_tx_queued, NULL, "Frames waiting for the bridge.", NULL},
-    {"capacity_frames", (getter)FramePort_get_capacity, NULL, NULL, NULL},
+    {"capacity_frames", (getter)FramePort_get_capacity, NULL, "rx ring size in frames.", NULL},
+    {"tx_capacity_frames", (getter)FramePort_get_tx_capacity, NULL, "tx ring size in frames.", NULL},
+    {"keep_newest", (getter)FramePort_get_keep_newest, NULL, "A full rx ring drops its oldest frame (taps).", NULL},
     {NULL}};
 
 PyTypeObject FramePortType = {

@@ -4,6 +4,10 @@
  * AudioMedia objects for ports pjsua2 does not know. */
 #include "softswitch_native.h"
 
+/* pjsua keeps its conference bridge in pjsua_var.mconf; 2.12 has no public getter, and the
+ * per-connection level (pjmedia_conf_adjust_conn_level) is only reachable through it. */
+#include <pjsua-lib/pjsua_internal.h>
+
 int ss_is_pj_thread(void) { return pj_thread_is_registered() ? 1 : 0; }
 
 int ss_require_pj_thread(void) {
@@ -27,13 +31,43 @@ PyObject *ss_raise_pj(const char *what, pj_status_t status) {
     return NULL;
 }
 
+/* A level (1.0 = unchanged, 0 = mute) as pjmedia's normalised adjustment (-128 .. +n). */
+static int level_to_adj(double level) {
+    if (level < 0) level = 0;
+    return (int)(level * 128.0 + 0.5) - 128;
+}
+
 static PyObject *conf_connect(PyObject *self, PyObject *args) {
     int src, dst;
     double level = 1.0;
     if (!PyArg_ParseTuple(args, "ii|d", &src, &dst, &level)) return NULL;
     if (ss_require_pj_thread()) return NULL;
-    pj_status_t st = pjsua_conf_connect(src, dst);
+    pjsua_conf_connect_param prm;
+    pjsua_conf_connect_param_default(&prm);
+    prm.level = (float)(level < 0 ? 0 : level);
+    pj_status_t st = pjsua_conf_connect2(src, dst, &prm);
     if (st != PJ_SUCCESS) return ss_raise_pj("pjsua_conf_connect", st);
+    Py_RETURN_NONE;
+}
+
+/* conf_adjust_conn_level(src, dst, level): scale only what src sends to dst (ducking a prompt
+ * or a bridged peer for one listener, leaving everything else src feeds untouched). */
+static PyObject *conf_adjust_conn_level(PyObject *self, PyObject *args) {
+    int src, dst;
+    double level;
+    if (!PyArg_ParseTuple(args, "iid", &src, &dst, &level)) return NULL;
+    if (ss_require_pj_thread()) return NULL;
+    if (!pjsua_var.mconf) {
+        PyErr_SetString(PyExc_RuntimeError, "the conference bridge is not running");
+        return NULL;
+    }
+    if (src < 0 || dst < 0) {
+        PyErr_SetString(PyExc_ValueError, "slots must be >= 0");
+        return NULL;
+    }
+    pj_status_t st = pjmedia_conf_adjust_conn_level(pjsua_var.mconf, (unsigned)src, (unsigned)dst,
+                                                    level_to_adj(level));
+    if (st != PJ_SUCCESS) return ss_raise_pj("pjmedia_conf_adjust_conn_level (are the slots connected?)", st);
     Py_RETURN_NONE;
 }
 
@@ -51,8 +85,8 @@ static PyObject *conf_adjust_levels(PyObject *self, PyObject *args) {
     double rx, tx;
     if (!PyArg_ParseTuple(args, "idd", &slot, &rx, &tx)) return NULL;
     if (ss_require_pj_thread()) return NULL;
-    pj_status_t st = pjsua_conf_adjust_rx_level(slot, (float)rx);
-    if (st == PJ_SUCCESS) st = pjsua_conf_adjust_tx_level(slot, (float)tx);
+    pj_status_t st = pjsua_conf_adjust_rx_level(slot, (float)(rx < 0 ? 0 : rx));
+    if (st == PJ_SUCCESS) st = pjsua_conf_adjust_tx_level(slot, (float)(tx < 0 ? 0 : tx));
     if (st != PJ_SUCCESS) return ss_raise_pj("pjsua_conf_adjust_level", st);
     Py_RETURN_NONE;
 }
@@ -86,7 +120,8 @@ static PyObject *limits(PyObject *self, PyObject *unused) {
 }
 
 static PyMethodDef methods[] = {
-    {"conf_connect", conf_connect, METH_VARARGS, "conf_connect(src_slot, dst_slot): audio flows src -> dst."},
+    {"conf_connect", conf_connect, METH_VARARGS, "conf_connect(src_slot, dst_slot, level=1.0): audio flows src -> dst, scaled by level."},
+    {"conf_adjust_conn_level", conf_adjust_conn_level, METH_VARARGS, "conf_adjust_conn_level(src_slot, dst_slot, level): rescale one existing connection."},
     {"conf_disconnect", conf_disconnect, METH_VARARGS, "conf_disconnect(src_slot, dst_slot)."},
     {"conf_adjust_levels", conf_adjust_levels, METH_VARARGS, "conf_adjust_levels(slot, rx_level, tx_level)."},
     {"conf_max_ports", conf_max_ports, METH_NOARGS, "Bridge capacity in ports."},

@@ -1,6 +1,7 @@
 """Prompt players: a WAV file played into one or more bridge slots, with end-of-file delivered
 to the UA thread. The end-of-file callback runs on the bridge's clock thread, so it only posts
-a command; everything else happens on the UA loop."""
+a command; everything else happens on the UA loop. A looping player never ends by itself
+(pjmedia reports every wrap-around as an end of file; those are ignored)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ class PromptPlayer:
     """Plays a file once (or looped) into bridge slots; `on_done` runs on the UA thread."""
 
     def __init__(self, ua: "UserAgent", path: Path, *, loop: bool = False,
-                 on_done: Callable[["PromptPlayer"], None] | None = None) -> None:
+                 on_done: Callable[["PromptPlayer"], None] | None = None, unlink: bool = False) -> None:
+        """`unlink=True` deletes the file once it is open (a temporary file: the player keeps
+        reading it through its descriptor, and nothing is left behind even after a crash)."""
         self.ua = ua
         self.path = Path(path)
         self.loop = loop
@@ -48,12 +51,20 @@ class PromptPlayer:
             self._player.createPlayer(str(self.path), 0 if loop else pj.PJMEDIA_FILE_NO_LOOP)
         except pj.Error as exc:
             raise ValueError(f"cannot play {self.path}: {exc.reason} (8/16 kHz mono 16-bit WAV expected)") from None
+        finally:
+            if unlink:
+                self.path.unlink(missing_ok=True)
         self.slot: int = self._player.getPortId()
         ua.keep(self)
 
-    def play_to(self, slot: int) -> None:
-        bridge.connect(self.slot, slot)
+    def play_to(self, slot: int, level: float = 1.0) -> None:
+        bridge.connect(self.slot, slot, level)
         self._targets.append(slot)
+
+    def set_level(self, slot: int, level: float) -> None:
+        """Rescale what this player sends to one target (ducking); the others are untouched."""
+        if slot in self._targets and not self.finished:
+            bridge.adjust_level(self.slot, slot, level)
 
     def stop(self) -> None:
         """Stop now (no `on_done`); resources are freed on the next loop turn."""
@@ -62,7 +73,7 @@ class PromptPlayer:
             self.ua.release(self)
 
     def _eof(self) -> None:
-        if self.finished:
+        if self.finished or self.loop:
             return
         self.finished = True
         self.ua.release(self)

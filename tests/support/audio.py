@@ -206,3 +206,47 @@ def frame_rms(samples: np.ndarray, rate: int = 8000, frame_ms: int = FRAME_MS) -
 def active_seconds(samples: np.ndarray, rate: int = 8000, threshold: float = 0.01) -> float:
     """Total duration of 20 ms frames whose RMS is at least ``threshold`` of full scale."""
     return float(np.count_nonzero(frame_rms(samples, rate) >= threshold) * FRAME_MS / 1000.0)
+
+
+# --- DTMF by Goertzel (in-band digits) ------------------------------------------------------
+
+DTMF_LOW = (697.0, 770.0, 852.0, 941.0)
+DTMF_HIGH = (1209.0, 1336.0, 1477.0, 1633.0)
+DTMF_KEYS = ("123A", "456B", "789C", "*0#D")
+
+
+def goertzel_power(samples: np.ndarray, freq: float, rate: int = 8000) -> float:
+    """Power of one frequency in a block (the Goertzel recurrence), normalised by block length."""
+    x = _as_float(samples)
+    if x.size == 0:
+        return 0.0
+    coeff = 2.0 * np.cos(2.0 * np.pi * freq / rate)
+    s1 = s2 = 0.0
+    for v in x:
+        s1, s2 = v + coeff * s1 - s2, s1
+    return float((s1 * s1 + s2 * s2 - coeff * s1 * s2) / (x.size * x.size))
+
+
+def decode_dtmf(samples: np.ndarray, rate: int = 8000, block_ms: int = 40, min_level: float = 0.02) -> str:
+    """In-band DTMF digits in order: per 40 ms block, the strongest row and column tones when
+    both stand well above the other tones of their group (twist within 8 dB); a digit is
+    reported once per run of blocks that carry it."""
+    n = rate * block_ms // 1000
+    out: list[str] = []
+    previous = ""
+    for start in range(0, np.asarray(samples).size - n + 1, n):
+        block = samples[start:start + n]
+        digit = ""
+        if rms(block) >= min_level:
+            low = [goertzel_power(block, f, rate) for f in DTMF_LOW]
+            high = [goertzel_power(block, f, rate) for f in DTMF_HIGH]
+            li, hi = int(np.argmax(low)), int(np.argmax(high))
+            low_rest = sorted(low)[-2]
+            high_rest = sorted(high)[-2]
+            if (low[li] > 10 * low_rest and high[hi] > 10 * high_rest
+                    and 1 / 6.3 < low[li] / high[hi] < 6.3):
+                digit = DTMF_KEYS[li][hi]
+        if digit and digit != previous:
+            out.append(digit)
+        previous = digit
+    return "".join(out)
