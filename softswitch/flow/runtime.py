@@ -89,6 +89,13 @@ class FlowEngine:
         dial.register(self)
         media.register(self)
         self._media_events = media.on_leg_event
+        # -- global call recording: recording.*, respond.toRecord, the triggers' Recording branch --
+        from . import recording, respond
+        from .recording import Recordings
+        self.recordings = Recordings(self)
+        recording.register(self)
+        respond.register(self)
+        # -- end global call recording --
 
     # ---- reload (SIGHUP) --------------------------------------------------------------------
     def reload(self, flows: Iterable[Flow]) -> FlowsReloaded:
@@ -129,6 +136,7 @@ class FlowEngine:
         payload = self.call_payload(leg, ref, admission.extension if kind == "extensions" else None)
         log.info("%s: flow %s, trigger %s (%s %s)", leg.id, flow.name, trigger.name, kind, ref)
         self.runner.fire(flow, trigger, "Call", payload, {"ref": ref, "legId": leg.id})
+        self.recordings.offer(flow, trigger, leg, payload.get("extension"))  # Recording branch, if on
 
     @staticmethod
     def call_payload(leg: "Leg", ref: str, extension: str | None) -> dict:
@@ -151,6 +159,8 @@ class FlowEngine:
         flow_leg = FlowLeg(leg, EventQueue(), Retention(leg.id, self.ua.timers, self._free_ttl_expired))
         self.legs[leg.id] = flow_leg
         leg.subscribe(lambda event: self._on_leg_event(flow_leg, event))
+        if leg.direction == "outbound":
+            self.recordings.watch_outbound(flow_leg)  # answered dial legs: Recording branch, if on
         return flow_leg
 
     def leg(self, leg_id: str | None) -> FlowLeg:
@@ -196,6 +206,7 @@ class FlowEngine:
             flow_leg.leg.hangup(480, "free_ttl")
 
     def shutdown(self) -> None:
+        self.recordings.shutdown()  # finalize call recordings (daemon_shutdown)
         for flow_leg in list(self.legs.values()):
             for wait in flow_leg.waits:
                 wait.cancel()
