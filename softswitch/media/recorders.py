@@ -136,8 +136,8 @@ class CallRecorder:
         self._in: FramePort | None = None
         self._out: FramePort | None = None
         try:
-            self._in = FramePort(ua, "rec-in", capacity_frames=TAP_FRAMES)
-            self._out = FramePort(ua, "rec-out", capacity_frames=TAP_FRAMES)
+            self._in = FramePort(ua, "rec-in", capacity_frames=TAP_FRAMES, tx_capacity_frames=2)
+            self._out = FramePort(ua, "rec-out", capacity_frames=TAP_FRAMES, tx_capacity_frames=2)
         except Exception:
             self._close_ports()
             self._wav.close()
