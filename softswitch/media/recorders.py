@@ -33,9 +33,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("softswitch.media.recording")
 
-# How often the UA loop empties a recorder's taps. Together with the WAV header refresh (every
-# 0.5 s of audio) it bounds what a kill -9 can lose before the start-up repair (~0.6 s).
-DRAIN_INTERVAL_S = 0.1
+# How often the UA loop empties a recorder's taps: ~30 us of UA-thread work per drain, so about
+# 150 us per second per recorded leg (bench/recording_cost.py). With the WAV header refresh (every
+# 0.5 s of audio) it bounds what a kill -9 loses: ~0.7 s before the start-up repair, ~0.2 s after.
+DRAIN_INTERVAL_S = 0.2
 # Tap ring size in 20 ms frames: the UA loop may stall this long (2.56 s) before frames drop;
 # dropped frames are replaced by silence, so the file keeps the call's duration.
 TAP_FRAMES = 128
