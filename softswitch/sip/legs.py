@@ -116,6 +116,13 @@ class Leg:
         if self.status is LegStatus.CREATED and self.direction == "inbound":
             self.call.answer(_op(183))
 
+    def set_queued(self, queued: bool) -> bool:
+        """Queue placement (§3.2): an answered leg becomes queued, and answered again when its
+        live queue entry ends (taken, offline). Returns whether the status changed."""
+        if queued:
+            return self.status is LegStatus.ANSWERED and self._enter(LegStatus.QUEUED)
+        return self.status is LegStatus.QUEUED and self._enter(LegStatus.ANSWERED)
+
     def answer(self) -> None:
         if self.direction != "inbound" or self.answered or self.ended:
             return
