@@ -118,7 +118,8 @@ class World:
         ticket = Ticket()
         kw.setdefault("retry_pause_s", 30)
         entry = self.engine.put(scope=SCOPE, ref=kw.pop("ref", "support"), leg_id=leg_id, trunk_ref="trunk_main",
-                                dial=DialConfig(caller_number=number, caller_name="Caller"), retention=ticket, **kw)
+                                dial=DialConfig(caller_number=number, caller_name="Caller"),
+                                retain=lambda entry_id: ticket, **kw)
         return entry, ticket
 
     def run(self, seconds: float = 0.0) -> None:

@@ -89,6 +89,10 @@ class FlowEngine:
         dial.register(self)
         media.register(self)
         self._media_events = media.on_leg_event
+        # -- queues: the queue engine with durable state, queue.* nodes, the Queue trigger --
+        from .queue import FlowQueues
+        self.queues = FlowQueues(self)
+        # -- end queues --
         # -- global call recording: recording.*, respond.toRecord, the triggers' Recording branch --
         from . import recording, respond
         from .recording import Recordings
@@ -206,6 +210,7 @@ class FlowEngine:
             flow_leg.leg.hangup(480, "free_ttl")
 
     def shutdown(self) -> None:
+        self.queues.close()  # first: entries stay stored as they are, for the next start
         self.recordings.shutdown()  # finalize call recordings (daemon_shutdown)
         for flow_leg in list(self.legs.values()):
             for wait in flow_leg.waits:

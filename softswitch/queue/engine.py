@@ -156,10 +156,11 @@ class QueueEngine:
 
     # ---- placement (§3.2) -------------------------------------------------------------------
     def put(self, *, scope: str, ref: str, leg_id: str, trunk_ref: str, dial: DialConfig,
-            retention: Releasable | None = None, placement: str = "back", rejoin: bool = True,
+            retain: Callable[[str], Releasable] | None = None, placement: str = "back", rejoin: bool = True,
             retry_attempts: int = RETRY_ATTEMPTS, retry_pause_s: float = RETRY_PAUSE_S) -> QueueEntry:
         """Queue a live caller leg; the leg is interrupted with `call_queue_placed` and the entry
-        is evaluated on the next loop turn. `retention` is released when the entry lets go."""
+        is evaluated on the next loop turn. `retain(entry_id)` takes the entry's hold on the
+        caller leg (a `queue:<entryId>` ticket), released when the entry lets go of it."""
         self._check_open()
         if self.triggers.extensions_of(scope, ref) is None:
             raise QueueError(f"no active queue trigger with ref {ref!r} in flow {scope!r}")
@@ -170,7 +171,7 @@ class QueueEngine:
         entry = self._rejoin_candidate(scope, ref, trunk_ref, dial.caller_number) if rejoin else None
         if entry is not None:
             self._abort_dial(entry, "queue_rejoined")
-            entry.to_rejoined(leg_id, retention)
+            entry.to_rejoined(leg_id, retain(entry.id) if retain else None)
             entry.retry_attempts, entry.retry_pause_s = retry_attempts, retry_pause_s
             self._cancel_retry(entry)
             self._recovered.discard(entry.id)
@@ -180,7 +181,8 @@ class QueueEngine:
             position = (min(positions, default=1) - 1) if placement == "front" else (max(positions, default=0) + 1)
             entry = QueueEntry(id=self._new_id(), scope=scope, ref=ref, trunk_ref=trunk_ref, dial=dial,
                                created_at=self.wall(), position=position, leg_id=leg_id,
-                               retry_attempts=retry_attempts, retry_pause_s=retry_pause_s, retention=retention)
+                               retry_attempts=retry_attempts, retry_pause_s=retry_pause_s)
+            entry.retention = retain(entry.id) if retain else None
             self._entries[entry.id] = entry
             what = "queued"
         try:

@@ -61,3 +61,15 @@ def register(remote: str, user: str, password: str, *, domain: str | None = None
     kw.setdefault("calls", 1)
     variables = {"user": user, "domain": domain or remote.split(":")[0], "expires": expires}
     return Sipp("register_uac", remote, auth=(user, password), variables=variables, **kw)
+
+
+def register_phone(remote: str, user: str, local_port: int, *, password: str | None = None, expires: int = 3600,
+                   timeout_s: float = 10.0) -> Any:
+    """An agent's phone signing in: REGISTER ``user`` (digest; password ``pass<user>`` unless
+    given) from ``local_port`` and wait for the 200. The port is free again afterwards, so the
+    phone's answering scenario (``uas_answer(..., local_port=local_port)``) can take it: that is
+    where softswitch sends the calls for this registration. Returns the SippResult."""
+    sipp = register(remote, user, password or f"pass{user}", local_port=local_port, expires=expires,
+                    timeout_s=timeout_s)
+    with sipp:
+        return sipp.wait(timeout_s + 5)
