@@ -1,9 +1,15 @@
 #!/usr/bin/env python3
-"""The bare pjsua2 baseline: the same media work as softswitch (answer, play a prompt into the
-call, record the caller) with nothing else, on the same build and endpoint settings. Benchmarks
-run it beside softswitch and report softswitch's ceiling as a ratio of this one.
+"""The bare pjsua2 baseline: the same media work as softswitch with nothing else, on the same
+build and endpoint settings. Benchmarks run it beside softswitch and report softswitch's ceiling
+as a ratio of this one. Two workloads:
+
+- plain: answer, play a prompt into the call, record the caller;
+- ivr: what bench/ivr_capacity.py's flow does, by hand: answer, play menu.wav; a digit stops it;
+  1 or 2 plays branch.wav then the menu again; 9 plays goodbye.wav then hangs up; 10 s without a
+  digit after the menu replays it.
 
     python bench/bare_pjsua2.py --port 5070 --rtp-port 30000 --prompt prompts/hold_music.wav --record-dir /tmp/rec
+    python bench/bare_pjsua2.py --port 5070 --rtp-port 30000 --workload ivr --prompt-dir /tmp/ivr-prompts
 """
 
 from __future__ import annotations
@@ -13,9 +19,24 @@ import gc
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pjsua2 as pj
+
+
+IVR_MENU_WAIT_S = 10.0  # the flow's call.wait timeoutSeconds
+
+
+class EofPlayer(pj.AudioMediaPlayer):
+    """A player whose end of file (on the bridge's clock thread) is only queued for the loop."""
+
+    def __init__(self, server: "BareServer", call: "BareCall", kind: str) -> None:
+        super().__init__()
+        self.server, self.call, self.kind = server, call, kind
+
+    def onEof2(self) -> None:
+        self.server.eofs.append((self.call, self))  # list.append is atomic; the loop does the rest
 
 
 class BareCall(pj.Call):
@@ -24,12 +45,62 @@ class BareCall(pj.Call):
         self.server = server
         self.player = None
         self.recorder = None
+        self.am = None  # ivr: the call's audio media, once active
 
+    # ---- ivr ------------------------------------------------------------------------------
+    def play(self, kind: str) -> None:
+        self.stop_player()
+        player = EofPlayer(self.server, self, kind)
+        player.createPlayer(os.path.join(self.server.prompt_dir, f"{kind}.wav"), pj.PJMEDIA_FILE_NO_LOOP)
+        player.startTransmit(self.am)
+        self.player = player
+
+    def stop_player(self) -> None:
+        if self.player is not None:
+            try:
+                self.player.stopTransmit(self.am)
+            except pj.Error:
+                pass
+            self.server.retired.append(self.player)  # destroyed on the next loop turn, never in a callback
+            self.player = None
+
+    def on_eof(self, player: EofPlayer) -> None:
+        if player is not self.player:
+            return  # stopped before its end of file was handled
+        self.stop_player()
+        if player.kind == "menu":
+            self.server.menu_deadlines[self] = time.monotonic() + IVR_MENU_WAIT_S
+        elif player.kind == "branch":
+            self.play("menu")
+        elif player.kind == "goodbye":
+            self.hangup(pj.CallOpParam())
+
+    def onDtmfDigit(self, prm) -> None:
+        try:
+            if self.am is None or (self.player is not None and self.player.kind != "menu"):
+                return  # the branch and goodbye prompts do not listen for digits (as in the flow)
+            self.server.menu_deadlines.pop(self, None)
+            if prm.digit in ("1", "2"):
+                self.play("branch")
+            elif prm.digit == "9":
+                self.play("goodbye")
+            elif self.player is None:  # no rule matched, the wait goes on
+                self.server.menu_deadlines[self] = time.monotonic() + IVR_MENU_WAIT_S
+        except Exception as exc:
+            print(f"dtmf error: {exc}", file=sys.stderr)
+
+    # ---- both workloads -------------------------------------------------------------------
     def onCallMediaState(self, prm) -> None:
         try:
             ci = self.getInfo()
             for mi in ci.media:
-                if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE and self.player is None:
+                if mi.type != pj.PJMEDIA_TYPE_AUDIO or mi.status != pj.PJSUA_CALL_MEDIA_ACTIVE:
+                    continue
+                if self.server.workload == "ivr":
+                    if self.am is None:
+                        self.am = self.getAudioMedia(mi.index)
+                        self.play("menu")
+                elif self.player is None:
                     am = self.getAudioMedia(mi.index)
                     self.player = pj.AudioMediaPlayer()
                     self.player.createPlayer(self.server.prompt, pj.PJMEDIA_FILE_NO_LOOP)
@@ -44,6 +115,9 @@ class BareCall(pj.Call):
     def onCallState(self, prm) -> None:
         try:
             if self.getInfo().state == pj.PJSIP_INV_STATE_DISCONNECTED:
+                if self.server.workload == "ivr":
+                    self.stop_player()
+                    self.server.menu_deadlines.pop(self, None)
                 self.server.finished.append(self)
         except Exception as exc:
             print(f"state error: {exc}", file=sys.stderr)
@@ -64,10 +138,15 @@ class BareAccount(pj.Account):
 
 class BareServer:
     def __init__(self, args: argparse.Namespace) -> None:
+        self.workload = args.workload
         self.prompt = args.prompt
+        self.prompt_dir = args.prompt_dir
         self.record_dir = args.record_dir
         self.calls: dict[int, BareCall] = {}
         self.finished: list[BareCall] = []
+        self.eofs: list[tuple[BareCall, EofPlayer]] = []  # appended on the clock thread
+        self.retired: list[EofPlayer] = []
+        self.menu_deadlines: dict[BareCall, float] = {}
         self.stop = False
         ep = self.ep = pj.Endpoint()
         ep.libCreate()
@@ -104,6 +183,15 @@ class BareServer:
         print("bare pjsua2 ready", flush=True)
         while not self.stop:
             self.ep.libHandleEvents(10)
+            self.retired.clear()
+            while self.eofs:
+                call, player = self.eofs.pop(0)
+                call.on_eof(player)
+            if self.menu_deadlines:
+                now = time.monotonic()
+                for call in [c for c, t in self.menu_deadlines.items() if t <= now]:
+                    del self.menu_deadlines[call]
+                    call.play("menu")
             while self.finished:
                 call = self.finished.pop()
                 self.calls = {k: v for k, v in self.calls.items() if v is not call}
@@ -112,6 +200,9 @@ class BareServer:
             self.ep.libHandleEvents(10)
         self.calls.clear()
         self.finished.clear()
+        self.eofs.clear()
+        self.retired.clear()
+        self.menu_deadlines.clear()
         self.acc.shutdown()
         self.acc = None
         gc.collect()
@@ -123,9 +214,15 @@ def main() -> int:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--rtp-port", type=int, required=True)
     ap.add_argument("--rtp-count", type=int, default=4000)
-    ap.add_argument("--prompt", required=True)
+    ap.add_argument("--workload", choices=("plain", "ivr"), default="plain")
+    ap.add_argument("--prompt", help="plain: the prompt played into every call")
+    ap.add_argument("--prompt-dir", help="ivr: the directory of menu.wav, branch.wav and goodbye.wav")
     ap.add_argument("--record-dir", default="")
     args = ap.parse_args()
+    if args.workload == "plain" and not args.prompt:
+        ap.error("--prompt is required for the plain workload")
+    if args.workload == "ivr" and not args.prompt_dir:
+        ap.error("--prompt-dir is required for the ivr workload")
     if args.record_dir:
         Path(args.record_dir).mkdir(parents=True, exist_ok=True)
     server = BareServer(args)

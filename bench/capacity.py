@@ -2,11 +2,13 @@
 """Plain-call capacity: the highest concurrency softswitch carries cleanly, as a ratio of a bare
 pjsua2 script doing the same media work on the same build, measured in the same run.
 
-Each call: SIPp (trunk side) sends INVITE and 10 s of a 440 Hz tone as RTP; the server answers,
-plays a prompt into the call and records the caller to WAV; SIPp hangs up after 10 s. At each
-concurrency step N, 2N calls arrive at N/10 calls per second (so about N are up at once). A step
-is clean when no call failed, every call's RTP stream was seen, and the 99th percentile of the
-gaps between RTP packets the server sent (captured on loopback) is under 30 ms.
+The plain workload (this script): SIPp (trunk side) sends INVITE and 10 s of a 440 Hz tone as
+RTP; the server answers, plays a prompt into the call and records the caller to WAV; SIPp hangs
+up after 10 s. Other workloads (`bench/ivr_capacity.py`) describe their calls with a `Workload`
+and reuse the same ramp. At each concurrency step N, 2N calls arrive at N per call length
+(so about N are up at once). A step is clean when no call failed, every call's RTP stream was
+seen, and the 99th percentile of the gaps between RTP packets the server sent (captured on
+loopback) is under 30 ms.
 
     .venv/bin/python bench/capacity.py                      # default steps
     .venv/bin/python bench/capacity.py --steps 100,200,300  # chosen steps
@@ -22,8 +24,9 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import soundfile as sf
@@ -33,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.support.audio import tone  # noqa: E402
 from tests.support.capture import LoopbackCapture  # noqa: E402
-from tests.support.pcap import read_pcap, write_rtp_pcap  # noqa: E402
+from tests.support.pcap import read_pcap, rtp_streams, write_rtp_pcap  # noqa: E402
 from tests.support.ports import free_port, free_port_block  # noqa: E402
 from tests.support.server import ServerProcess, write_test_config  # noqa: E402
 from tests.support.sipp import Sipp  # noqa: E402
@@ -42,8 +45,41 @@ HOLD_S = 10.0
 CLEAN_GAP_P99_MS = 30.0
 
 
+@dataclass(frozen=True)
+class Workload:
+    """What every call does, the same for softswitch and the bare baseline: only the
+    concurrency changes from step to step."""
+
+    name: str
+    call_s: float  # how long one call lasts; sets the arrival rate and the CPU window
+    scenario: str  # the SIPp caller (tests/sipp/)
+    variables: Mapping[str, object]  # its -set variables
+    caller_pcap: Path  # the caller's RTP
+    prompts: Path  # directory of the prompts both servers play
+    softswitch_sections: Mapping[str, object] = field(default_factory=dict)  # config beyond ports/prompts
+    softswitch_args: tuple[str, ...] = ()  # `softswitch run` arguments
+    bare_args: tuple[str, ...] = ()  # bare_pjsua2.py arguments; "{step}" is the step's directory
+    # (Hz, minimum seconds) of a tone every server stream must carry: proof that each call
+    # really took the path the workload expects, not just that it ended well.
+    expected_tone: tuple[float, float] | None = None
+
+
+def plain_workload(tmp: Path) -> Workload:
+    """Answer, play a prompt into the call, record the caller; the caller hangs up."""
+    prompts = tmp / "prompts"
+    prompts.mkdir(exist_ok=True)
+    prompt = prompts / "welcome.wav"
+    sf.write(prompt, tone(300, HOLD_S + 20, amplitude=0.1), 8000, subtype="PCM_16")
+    caller_pcap = tmp / "caller.pcap"
+    write_rtp_pcap(caller_pcap, tone(440, HOLD_S))
+    return Workload("plain", HOLD_S, "uac_call_pcap", {"caller": "5550100", "hold_ms": int(HOLD_S * 1000)},
+                    caller_pcap, prompts, softswitch_args=("--record",),
+                    bare_args=("--prompt", str(prompt), "--record-dir", "{step}/bare-rec"))
+
+
 @dataclass
 class Step:
+    workload: str
     system: str
     concurrency: int
     calls: int
@@ -55,6 +91,7 @@ class Step:
     cpu_percent: float
     rss_mb: float
     clean: bool
+    tone_streams: int | None = None  # streams carrying the workload's expected tone
 
 
 class CpuSampler:
@@ -107,12 +144,12 @@ def gap_stats(pcap: Path, dst_port: int) -> tuple[float, float, int]:
 
 
 class BareServer:
-    def __init__(self, tmp: Path, prompt: Path) -> None:
+    def __init__(self, step_dir: Path, workload: Workload) -> None:
         self.sip_port = free_port("udp")
         self.proc = subprocess.Popen(
             [sys.executable, str(REPO / "bench" / "bare_pjsua2.py"), "--port", str(self.sip_port),
-             "--rtp-port", str(free_port_block(2000)), "--rtp-count", "2000", "--prompt", str(prompt),
-             "--record-dir", str(tmp / "bare-rec")],
+             "--rtp-port", str(free_port_block(2000)), "--rtp-count", "2000",
+             *(arg.replace("{step}", str(step_dir)) for arg in workload.bare_args)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         ready = threading.Event()
         lines: list[str] = []
@@ -137,42 +174,64 @@ class BareServer:
             self.proc.wait(10)
 
 
-def run_step(system: str, n: int, tmp: Path, prompt: Path, caller_pcap: Path) -> Step:
-    step_dir = Path(tempfile.mkdtemp(prefix=f"{system}-{n}-", dir=tmp))
+def run_step(workload: Workload, system: str, n: int, tmp: Path) -> Step:
+    step_dir = Path(tempfile.mkdtemp(prefix=f"{workload.name}-{system}-{n}-", dir=tmp))
     if system == "bare":
-        server = BareServer(step_dir, prompt)
+        server = BareServer(step_dir, workload)
         pid, port = server.proc.pid, server.sip_port
     else:
-        cfg = write_test_config(step_dir, directories={"prompts": str(prompt.parent)},
-                                sip={"rtp_port_start": free_port_block(2000), "rtp_port_count": 2000},
-                                logging={"level": "warning"})
-        server = ServerProcess(cfg, ["--record"]).start()
+        cfg = write_test_config(step_dir, **{**workload.softswitch_sections,
+                                             "directories": {"prompts": str(workload.prompts)},
+                                             "sip": {"rtp_port_start": free_port_block(2000), "rtp_port_count": 2000},
+                                             "logging": {"level": "warning"}})
+        server = ServerProcess(cfg, list(workload.softswitch_args)).start()
         pid, port = server.proc.pid, server.sip_port
     calls = 2 * n
-    rate = n / HOLD_S
-    uac = Sipp("uac_call_pcap", f"127.0.0.1:{port}", calls=calls, limit=n, rate=rate,
-               variables={"caller": "5550100", "hold_ms": int(HOLD_S * 1000)}, keys={"pcap": caller_pcap},
-               timeout_s=HOLD_S + calls / rate + 60, trace_msg=False)
+    call_s = workload.call_s
+    rate = n / call_s
+    bound = call_s + calls / rate + 60
+    uac = Sipp(workload.scenario, f"127.0.0.1:{port}", calls=calls, limit=n, rate=rate,
+               variables=workload.variables, keys={"pcap": workload.caller_pcap}, timeout_s=bound, trace_msg=False)
     cpu = CpuSampler(pid)
     try:
         with LoopbackCapture(f"udp and dst port {uac.media_port}", step_dir / "rtp.pcap",
                              buffer_kib=65536) as cap:
             with uac:
                 # Measure CPU over the steady middle: after the ramp, before the drain.
-                time.sleep(HOLD_S)
+                time.sleep(call_s)
                 cpu.start()
-                for _ in range(int(HOLD_S)):
+                for _ in range(int(call_s)):
                     time.sleep(1)
                     cpu.sample_rss()
                 cpu_percent = cpu.stop()
-                result = uac.wait(HOLD_S + calls / rate + 60)
+                result = uac.wait(bound)
         p99, gmax, streams = gap_stats(cap.path, uac.media_port)
+        toned = tone_streams(cap.path, uac.media_port, workload.expected_tone) if workload.expected_tone else None
     finally:
         server.stop()
     # Clean: every call succeeded, every call's RTP was seen, and its pacing held.
     ok = result.failed == 0 and result.successful == calls and streams >= calls and p99 < CLEAN_GAP_P99_MS
-    return Step(system, n, calls, result.successful or 0, result.failed or 0, round(p99, 2), round(gmax, 2),
-                streams, round(cpu_percent, 1), round(cpu.rss_peak, 1), ok)
+    ok = ok and (toned is None or toned >= calls)
+    return Step(workload.name, system, n, calls, result.successful or 0, result.failed or 0, round(p99, 2),
+                round(gmax, 2), streams, round(cpu_percent, 1), round(cpu.rss_peak, 1), ok, toned)
+
+
+def tone_streams(pcap: Path, dst_port: int, expected: tuple[float, float]) -> int:
+    """How many server streams carry `expected` = (Hz, minimum seconds) of a tone."""
+    freq, seconds = expected
+    return sum(tone_seconds(stream.audio(), freq) >= seconds
+               for stream in rtp_streams(read_pcap(pcap), dst_port).values())
+
+
+def tone_seconds(audio: np.ndarray, freq: float) -> float:
+    """Seconds of 20 ms frames whose strongest component is `freq` (±25 Hz: 50 Hz bins)."""
+    frames = audio[: audio.size // 160 * 160].astype(np.float64).reshape(-1, 160)
+    if not frames.size:
+        return 0.0
+    spectrum = np.abs(np.fft.rfft(frames, axis=1))
+    peak_hz = (np.argmax(spectrum[:, 1:], axis=1) + 1) * 50.0
+    audible = np.sqrt((frames ** 2).mean(axis=1)) > 100.0  # not silence
+    return float(np.count_nonzero(audible & (np.abs(peak_hz - freq) <= 25.0)) * 0.02)
 
 
 def ceiling(steps: list[Step]) -> int:
@@ -184,6 +243,37 @@ def ceiling(steps: list[Step]) -> int:
     return best
 
 
+def ramp(workload: Workload, steps: list[int], tmp: Path) -> list[Step]:
+    """Each system in turn, step by step upwards, stopping at its first step that is not clean."""
+    results: list[Step] = []
+    for system in ("bare", "softswitch"):
+        for n in steps:
+            step = run_step(workload, system, n, tmp)
+            results.append(step)
+            print(f"{system:10s} {n:4d} concurrent: {step.successful}/{step.calls} ok, "
+                  f"{step.failed} failed, RTP gap p99 {step.gap_p99_ms} ms (max {step.gap_max_ms}), "
+                  f"{step.streams} streams"
+                  + (f" ({step.tone_streams} with the expected tone)" if step.tone_streams is not None else "")
+                  + f", CPU {step.cpu_percent}% RSS {step.rss_mb} MB "
+                  f"-> {'clean' if step.clean else 'NOT clean'}", flush=True)
+            if not step.clean:
+                break
+    return results
+
+
+def report(results: list[Step], json_path: str | Path, **extra: object) -> float:
+    """Print the ceilings and their ratio, write the JSON results; returns the ratio."""
+    bare = ceiling([s for s in results if s.system == "bare"])
+    soft = ceiling([s for s in results if s.system == "softswitch"])
+    ratio = soft / bare if bare else 0.0
+    print(f"\nhighest clean concurrency: bare pjsua2 {bare}, softswitch {soft}, ratio {ratio:.2f}")
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(json.dumps({"steps": [asdict(s) for s in results], "bare_ceiling": bare,
+                                           "softswitch_ceiling": soft, "ratio": ratio,
+                                           "command": " ".join(sys.argv), **extra}, indent=2))
+    return ratio
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", default="100,200,250,300,350,400",
@@ -193,31 +283,8 @@ def main() -> int:
     steps = [int(s) for s in args.steps.split(",")]
     with tempfile.TemporaryDirectory(prefix="capacity-") as tmp_s:
         tmp = Path(tmp_s)
-        prompts = tmp / "prompts"
-        prompts.mkdir()
-        prompt = prompts / "welcome.wav"
-        sf.write(prompt, tone(300, HOLD_S + 20, amplitude=0.1), 8000, subtype="PCM_16")
-        caller_pcap = tmp / "caller.pcap"
-        write_rtp_pcap(caller_pcap, tone(440, HOLD_S))
-        results: list[Step] = []
-        for system in ("bare", "softswitch"):
-            for n in steps:
-                step = run_step(system, n, tmp, prompt, caller_pcap)
-                results.append(step)
-                print(f"{system:10s} {n:4d} concurrent: {step.successful}/{step.calls} ok, "
-                      f"{step.failed} failed, RTP gap p99 {step.gap_p99_ms} ms (max {step.gap_max_ms}), "
-                      f"{step.streams} streams, CPU {step.cpu_percent}% RSS {step.rss_mb} MB "
-                      f"-> {'clean' if step.clean else 'NOT clean'}", flush=True)
-                if not step.clean:
-                    break
-    bare = ceiling([s for s in results if s.system == "bare"])
-    soft = ceiling([s for s in results if s.system == "softswitch"])
-    ratio = soft / bare if bare else 0.0
-    print(f"\nhighest clean concurrency: bare pjsua2 {bare}, softswitch {soft}, ratio {ratio:.2f}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"steps": [asdict(s) for s in results], "bare_ceiling": bare,
-                                           "softswitch_ceiling": soft, "ratio": ratio,
-                                           "command": " ".join(sys.argv)}, indent=2))
+        results = ramp(plain_workload(tmp), steps, tmp)
+    report(results, args.json)
     return 0
 
 
