@@ -276,3 +276,82 @@ def test_recordings_of_20_calls_are_valid_wavs_after_kill_9_holding_the_audio_up
     check("after the start-up repair", 0.5)
     sizes = {path: path.stat().st_size for path in first_seen}
     assert all((size - 44) % 4 == 0 for size in sizes.values()), "whole stereo frames only"
+
+
+BRIDGED_FLOW = """
+name: bridged
+triggers:
+  - name: trunk_main
+    trigger: trunk
+    params: {ref: trunk_main, enableCallRecording: true}
+    next: {Call: [answer], Recording: [record_call]}
+nodes:
+  - name: answer
+    op: call.answer
+    next: {Result: [dial]}
+  - name: dial
+    op: dial.make
+    params: {callMode: trunk, ref: trunk_main, destination: "2000"}
+    next: {Result: [wait_agent]}
+  - name: wait_agent
+    op: dial.wait
+    params: {dialTimeoutSeconds: 10}
+    next: {Answered: [bridge]}
+  - name: bridge
+    op: call.bridge
+    params: {legAId: "{{ $('answer').item.json.legId }}", legBId: "{{ $json.legId }}"}
+    next: {Success: [until_caller_leaves]}
+  - name: until_caller_leaves
+    op: call.wait
+    params:
+      timeoutSeconds: 30
+      legIds: ["{{ $('wait_agent').item.json.legId }}"]
+      options: {interruptReasons: [call_bridge_removed_peer_ended]}
+    next: {Interrupted: [hang_up_agent]}
+  - name: hang_up_agent
+    op: call.hangup
+  - name: record_call
+    op: respond.toRecord
+    params: {recordFilePath: "{{ $json.direction }}-{{ $json.legId }}.wav", recordSplitChannels: true}
+"""
+
+
+def test_a_bridged_call_records_the_caller_and_the_answered_outbound_leg_each_from_its_own_side(
+        server_factory, tmp_path):
+    from tests.support.actors import uas_answer
+
+    flow_file = tmp_path / "bridged.yaml"
+    flow_file.write_text(BRIDGED_FLOW)
+    agent_pcap, caller_pcap = tmp_path / "agent1k.pcap", tmp_path / "caller440.pcap"
+    write_rtp_pcap(agent_pcap, tone(1000, 15.0))
+    write_rtp_pcap(caller_pcap, tone(440, CALL_S + 1.0))
+    with uas_answer(agent_pcap, timeout_s=40) as agent:
+        server = server_factory(
+            flows=[str(flow_file)],
+            connections={"uas": {"sip_server": "127.0.0.1", "port": agent.local_port}},
+            trunks={"trunk_main": {"address": "127.0.0.1", "port": 0, "connection": "uas"}})
+        caller = Sipp("uac_call_pcap", f"127.0.0.1:{server.sip_port}", calls=1, timeout_s=30,
+                      variables={"caller": "5550440", "hold_ms": int(CALL_S * 1000)}, keys={"pcap": caller_pcap})
+        with caller:
+            result = caller.wait(30)
+        assert result.ok, str(result) + server.text()[-3000:]
+        agent_result = agent.wait(15)  # the flow hangs the agent up when the caller leaves
+        assert agent_result.ok, str(agent_result)
+    server.stop()
+
+    recordings = tmp_path / "recordings"
+    inbound = list(recordings.glob("inbound-*.wav"))
+    outbound = list(recordings.glob("outbound-*.wav"))
+    assert len(inbound) == 1 and len(outbound) == 1, f"{sorted(p.name for p in recordings.iterdir())}\n{server.text()[-3000:]}"
+    for path, own, peer in ((inbound[0], 440, 1000), (outbound[0], 1000, 440)):
+        audio, rate = sf.read(path, dtype="int16")
+        assert audio.ndim == 2, path.name
+        seconds = len(audio) / rate
+        assert 2.0 < seconds < CALL_S + 1.0, f"{path.name}: {seconds:.2f} s"
+        # The last second before the caller left: both bridged, each side's own voice on channel
+        # 1 and the peer's on channel 2.
+        tail = audio[-int(1.5 * rate):-int(0.5 * rate)]
+        assert abs(dominant_frequency(tail[:, 0], rate) - own) < 5, f"{path.name}: channel 1"
+        assert abs(dominant_frequency(tail[:, 1], rate) - peer) < 5, f"{path.name}: channel 2"
+    caller_seconds = len(sf.read(inbound[0], dtype="int16")[0]) / 8000
+    assert abs(caller_seconds - CALL_S) < 1.0
