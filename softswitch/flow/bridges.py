@@ -6,22 +6,38 @@ A leg is in at most one bridge. Bridging finalizes all media on both legs first
 (`call_bridge_removed_rebridge`); `unbridge` publishes `call_bridge_removed_unbridge` on both;
 a peer's hang-up publishes `call_bridge_removed_peer_ended` on the survivor, which is not hung up
 but loses the bridge's retention (the free-TTL then applies unless something else holds it).
+
+Signalling follows the peer (§5.6): an unanswered inbound leg bridged to an outbound leg sends
+180 when the peer rings, 183 with SDP when the peer has early media (whose audio then crosses
+the bridge like any other), is answered when the peer answers, and is rejected with the peer's
+SIP code when the peer is rejected. Bridging an unanswered outbound dial attempt makes it the
+dial's winner (`Dial.claim`). DTMF received on one leg is relayed to the other by the bridge's
+mode: `auto` (the peer's allowed methods: RFC 2833, then SIP INFO, then in-band), or forced
+`rfc2833`, `info` or `inband`; `disabled` relays nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ..media import bridge as conf
-from ..sip.events import LegAnswered, LegDtmf, LegEnded, LegEvent, LegMediaActive, LegRinging
+from ..sip.events import LegAnswered, LegDtmf, LegEnded, LegEvent, LegMediaActive, LegProgress, LegRinging
+from ..sip.legs import LegStatus
 
 if TYPE_CHECKING:
+    from ..sip.legs import Leg
     from .retention import RetentionTicket
     from .runtime import FlowEngine, FlowLeg
 
 log = logging.getLogger("softswitch.flow.bridge")
+
+RELAY_MODES = ("disabled", "auto", "rfc2833", "info", "inband")
+RELAY_DURATION_MS = 160  # the received digit's length is not known when it is relayed
 
 
 @dataclass
@@ -49,6 +65,8 @@ class Bridges:
         return self._by_leg.get(leg_id)
 
     def bridge(self, a: "FlowLeg", b: "FlowLeg", *, relay_dtmf: str = "auto", emit_dtmf_events: bool = True) -> None:
+        if relay_dtmf not in RELAY_MODES:
+            raise ValueError(f"relayDtmf {relay_dtmf!r} is not one of {', '.join(RELAY_MODES)}")
         existing = self._by_leg.get(a.id)
         if existing is not None and existing.peer_of(a) is b:
             # The same pair again: idempotent, just joined once more.
@@ -66,8 +84,9 @@ class Bridges:
         self._by_leg[a.id] = self._by_leg[b.id] = br
         for leg in (a, b):
             br.unsubscribes.append(leg.leg.subscribe(lambda event, leg=leg: self._on_event(br, leg, event)))
+        self._claim_attempts(br)
         self._join_audio(br)
-        self._follow_answer(br)
+        self._follow_peer(br)
         self._publish(a, "call_bridge_joined")
         self._publish(b, "call_bridge_joined")
         log.info("bridged %s <-> %s", a.id, b.id)
@@ -100,12 +119,31 @@ class Bridges:
             except RuntimeError:
                 pass  # a slot already gone with its call
 
-    def _follow_answer(self, br: Bridge) -> None:
-        """An unanswered inbound leg follows its bridged peer: answered when the peer is."""
+    def _claim_attempts(self, br: Bridge) -> None:
+        """An unanswered outbound dial attempt taken into a bridge is its dial's winner (§5.6)."""
+        dials = getattr(self.engine, "dials", None)
+        if dials is None:
+            return
         for leg in (br.a, br.b):
-            peer = br.peer_of(leg)
-            if leg.leg.direction == "inbound" and not leg.leg.answered and peer.leg.answered:
-                leg.leg.answer()
+            if leg.leg.direction == "outbound" and not leg.leg.answered:
+                dial = dials.of_attempt(leg.id)
+                if dial is not None:
+                    dial.claim(leg.id)
+
+    def _follow_peer(self, br: Bridge) -> None:
+        """An unanswered inbound leg follows its bridged peer: answered when the peer is; while
+        the peer is an outbound call still in progress, 183 for its early media, else 180 for its
+        ringing."""
+        for leg in (br.a, br.b):
+            own, peer = leg.leg, br.peer_of(leg).leg
+            if own.direction != "inbound" or own.answered or own.ended or peer.ended:
+                continue
+            if peer.answered:
+                own.answer()
+            elif peer.direction == "outbound" and peer.early:
+                own.early_media()
+            elif peer.direction == "outbound" and peer.status is LegStatus.RINGING and not own.early:
+                own.ringing()
 
     def _on_event(self, br: Bridge, leg: "FlowLeg", event: LegEvent) -> None:
         if self._by_leg.get(leg.id) is not br:
@@ -115,25 +153,76 @@ class Bridges:
             if br.joined_slots is not None and event.slot not in br.joined_slots:
                 self._split_audio(br)  # the slot changed (re-INVITE): join again
             self._join_audio(br)
-        elif isinstance(event, LegAnswered):
-            self._follow_answer(br)
-        elif isinstance(event, LegRinging):
-            if peer.leg.direction == "inbound" and not peer.leg.answered:
-                peer.leg.ringing()
+        elif isinstance(event, (LegRinging, LegProgress, LegAnswered)):
+            self._follow_peer(br)
         elif isinstance(event, LegDtmf) and br.relay_dtmf != "disabled" and event.method != "relay":
-            self._relay(peer, event)
-            if br.emit_dtmf_events:
-                self.engine.deliver(peer, LegDtmf(peer.id, event.digit, "relay"))
+            self.relay_dtmf(leg, event.digit, event.method)
         elif isinstance(event, LegEnded):
             self._detach(br, "call_bridge_removed_peer_ended", ended=leg)
+            self._follow_rejection(leg, peer, event)
 
-    def _relay(self, peer: "FlowLeg", event: LegDtmf) -> None:
-        if peer.leg.ended or peer.leg.call is None:
+    def _follow_rejection(self, ended: "FlowLeg", survivor: "FlowLeg", event: LegEnded) -> None:
+        """An outbound peer refused before it answered: the unanswered inbound leg is refused
+        with the same code (a 487 from our own CANCEL becomes 480: the caller cancelled nothing)."""
+        own = survivor.leg
+        if ended.leg.direction != "outbound" or event.sip_code < 300 or own.direction != "inbound":
             return
-        try:
-            peer.leg.call.dialDtmf(event.digit)  # RFC 2833 towards the peer
-        except Exception as exc:  # pjsua2.Error: the peer has no RFC 2833; nothing else to try yet
-            log.debug("DTMF relay to %s failed: %s", peer.id, exc)
+        if own.answered or own.ended:
+            return
+        code = event.sip_code if 400 <= event.sip_code <= 699 and event.sip_code != 487 else 480
+        log.info("%s: bridged peer %s refused (%s): refusing with %d", own.id, ended.id, event.reason, code)
+        own.hangup(code, event.reason)
+
+    # ---- DTMF relay ------------------------------------------------------------------------
+    def relay_dtmf(self, source: "FlowLeg", digit: str, method: str = "rfc2833") -> str | None:
+        """Send a digit received on (or sent by a flow to) `source` to its bridged peer, by the
+        bridge's relay mode; with emitDtmfEvents the peer also gets a dtmf event (method
+        `relay`). Returns the method used, or None (no bridge, relay disabled, or nothing worked)."""
+        br = self._by_leg.get(source.id)
+        if br is None or br.relay_dtmf == "disabled":
+            return None
+        peer = br.peer_of(source)
+        used = self._send_to_peer(br, peer, digit, method)
+        if br.emit_dtmf_events and peer.id in self.engine.legs:
+            self.engine.deliver(peer, LegDtmf(peer.id, digit, "relay"))
+        return used
+
+    def _send_to_peer(self, br: Bridge, peer: "FlowLeg", digit: str, source_method: str) -> str | None:
+        leg = peer.leg
+        if leg.ended or leg.call is None:
+            return None
+        if br.relay_dtmf == "auto":
+            methods = [m for m in ("rfc2833", "info", "inband") if m in leg.dtmf_methods or m == "inband"]
+        else:
+            methods = [br.relay_dtmf]
+        errors = []
+        for method in methods:
+            if method == "inband" and source_method == "inband":
+                return "inband"  # an in-band digit is audio: it crossed the bridge already
+            try:
+                if method == "inband":
+                    self._play_inband(leg, digit)
+                else:
+                    leg.send_dtmf(digit, method, RELAY_DURATION_MS)
+            except Exception as exc:  # pjsua2.Error (no telephone-event negotiated, …), RuntimeError
+                errors.append(f"{method}: {getattr(exc, 'reason', None) or exc}")
+                continue
+            log.debug("DTMF %s relayed to %s by %s", digit, peer.id, method)
+            return method
+        log.warning("DTMF %s not relayed to %s: %s", digit, peer.id, "; ".join(errors) or "no method")
+        return None
+
+    def _play_inband(self, leg: "Leg", digit: str) -> None:
+        """The digit as a tone pair played into the peer's slot (a throw-away WAV, unlinked once open)."""
+        from ..media.players import PromptPlayer
+        from ..media.tones import dtmf_samples, write_pcm_wav
+
+        if leg.slot is None:
+            raise RuntimeError("the peer has no audio yet")
+        fd, name = tempfile.mkstemp(prefix="softswitch-dtmf-", suffix=".wav")
+        os.close(fd)
+        path = write_pcm_wav(Path(name), dtmf_samples(digit, duration_ms=RELAY_DURATION_MS, gap_ms=0))
+        PromptPlayer(self.engine.ua, path, unlink=True).play_to(leg.slot)
 
     def _detach(self, br: Bridge, reason: str, ended: "FlowLeg | None" = None) -> None:
         for leg in (br.a, br.b):

@@ -1,6 +1,7 @@
-"""Call nodes: ringing, answer, hangup and wait (reference §2.3 "Resource Call").
+"""Call nodes: ringing, answer, hangup, wait, bridge and unbridge (reference §2.3 "Resource Call").
 
-Bridge and unbridge join the conference bridge and arrive with the media layer's bridge rules.
+Bridge and unbridge are thin: `bridges.py` holds the bridge rules of §5.6 (audio, interrupts,
+signalling that follows the peer, dial winners, DTMF relay).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING
 
+from .bridges import RELAY_MODES
 from .dtmf import CallWait, CallWaitSettings, Rule, UnknownLeg, WaitOutcome
 from .engine import Activation, NodeFailed
 from .items import resolve_leg_id, resolve_wait_ids
@@ -34,8 +36,10 @@ def _bridge(engine: "FlowEngine", a: Activation) -> None:
     leg_b = engine.leg(str(a.param("legBId") or ""))
     if leg_a is leg_b:
         raise NodeFailed("cannot bridge a leg to itself")
-    engine.bridges.bridge(leg_a, leg_b, relay_dtmf=str(a.param("relayDtmf", "auto")),
-                          emit_dtmf_events=bool(a.param("emitDtmfEvents", True)))
+    relay = str(a.param("relayDtmf", "auto") or "auto")
+    if relay not in RELAY_MODES:
+        raise NodeFailed(f"call.bridge relayDtmf {relay!r} is not one of {', '.join(RELAY_MODES)}")
+    engine.bridges.bridge(leg_a, leg_b, relay_dtmf=relay, emit_dtmf_events=bool(a.param("emitDtmfEvents", True)))
     a.emit("Success", {"legIdA": leg_a.id, "legIdB": leg_b.id}, {"legId": leg_a.id})
 
 

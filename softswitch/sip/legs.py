@@ -71,6 +71,8 @@ class Leg:
         # DTMF methods allowed on this call (trunk/dial options); pjsua2 cannot restrict them per call,
         # so the nodes that send or accept DTMF read them here.
         self.dtmf_methods: tuple[str, ...] = ("rfc2833", "info")
+        # Early media: 183 sent (inbound; after a 180 too) or received (outbound) before the answer.
+        self.early = False
         call.leg = self
 
     # ---- facts --------------------------------------------------------------------------
@@ -112,9 +114,12 @@ class Leg:
             self._publish(LegRinging(self.id))
 
     def early_media(self) -> None:
-        """183 Session Progress with SDP, so media can play to an unanswered inbound leg."""
-        if self.status is LegStatus.CREATED and self.direction == "inbound":
+        """183 Session Progress with SDP, so media can play to an unanswered inbound leg.
+        Not once our 200 is sent: the leg stays CREATED until the ACK, but pjsua refuses a 183 then."""
+        if (self.status in (LegStatus.CREATED, LegStatus.RINGING) and self.direction == "inbound"
+                and not self.early and self.call.getInfo().state < pj.PJSIP_INV_STATE_CONNECTING):
             self.call.answer(_op(183))
+            self.early = True  # once: a 183 after a 183 is noise (and a bridge may ask again)
 
     def set_queued(self, queued: bool) -> bool:
         """Queue placement (§3.2): an answered leg becomes queued, and answered again when its
@@ -164,6 +169,7 @@ class Leg:
         if state == pj.PJSIP_INV_STATE_EARLY:
             if self.direction == "outbound":
                 if ci.lastStatusCode == 183:
+                    self.early = True
                     self._publish(LegProgress(self.id))
                 elif self._enter(LegStatus.RINGING):
                     self._publish(LegRinging(self.id))
@@ -234,10 +240,10 @@ class SipCall(pj.Call):
             self.ua.guard("onDtmfDigit", self.leg._on_dtmf, prm.digit,
                           _DTMF_METHODS.get(int(getattr(prm, "method", 0)), "rfc2833"))
 
-    def onDtmfEvent(self, prm) -> None:  # pjproject >= 2.13 reports the method here instead
-        if self.leg is not None:
-            self.ua.guard("onDtmfEvent", self.leg._on_dtmf, prm.digit,
-                          _DTMF_METHODS.get(int(getattr(prm, "method", 0)), "rfc2833"))
+    # No onDtmfEvent: where pjsua2 has it (this build, pjproject >= 2.13) it fires for every RTP
+    # event packet (start, each update, end) and pjsua2 then calls onDtmfDigit once per digit,
+    # with the method (RFC 2833 or SIP INFO application/dtmf-relay). Forwarding both repeated
+    # each RFC 2833 digit about eight times.
 
 
 class LocalAccount(pj.Account):
