@@ -85,7 +85,11 @@ class GlobalRecording:
             raise NodeFailed(f"cannot record to {settings.path}: {exc}") from None
         leg = flow_leg.leg
         if leg.slot is not None:
-            self.recorder.attach(leg.slot)
+            try:
+                self.recorder.attach(leg.slot)
+            except RuntimeError as exc:
+                self.recorder.close()
+                raise NodeFailed(f"cannot tap leg {flow_leg.id} for recording: {exc}") from None
         self._unsubscribe = leg.subscribe(self._on_leg_event)
 
     @property
