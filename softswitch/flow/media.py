@@ -153,8 +153,8 @@ class MediaOp:
         self.engine.media.pop(self.id, None)
         self.engine.media_snapshots.put(self.id, ended)
         self.res.mix(self.flow_leg)
-        log.info("%s %s on %s ended: %s%s", self.kind, self.id, self.flow_leg.id, ended.status,
-                 f" ({ended.reason})" if ended.reason else "")
+        log.info("%s %s on %s ended: %s%s%s", self.kind, self.id, self.flow_leg.id, ended.status,
+                 f" ({ended.reason})" if ended.reason else "", f" {dict(ended.details)}" if ended.details else "")
         for listener in list(self.listeners):
             listener(ended)
 

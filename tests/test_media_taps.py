@@ -1,0 +1,107 @@
+"""Taps and connection levels on an in-process bridge: a keep-newest frame port holds the last
+second of a source with no reader, an AudioTap hands it over as pre-roll, and a connection's
+level scales only that connection."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from softswitch.media import bridge
+from softswitch.media.frameport import AudioTap, FramePort
+from softswitch.media.players import PromptPlayer
+from tests.support.audio import dominant_frequency, rms, tone
+
+pytestmark = pytest.mark.native
+
+
+def settle(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def two_tone_wav(tmp_path: Path) -> Path:
+    """440 Hz for 1 s, then 880 Hz for 3 s."""
+    wav = tmp_path / "two.wav"
+    sf.write(wav, np.concatenate([tone(440, 1.0), tone(880, 3.0)]), 8000, subtype="PCM_16")
+    return wav
+
+
+def test_an_unread_keep_newest_port_holds_only_the_newest_frames(ua, tmp_path):
+    wav = two_tone_wav(tmp_path)
+
+    def start():
+        port = FramePort(ua, "newest", capacity_frames=64, keep_newest=True, tx_capacity_frames=2)
+        player = PromptPlayer(ua, wav)
+        bridge.connect(player.slot, port.slot)
+        return port, player
+
+    port, player = ua.run_sync(start)
+    try:
+        settle(2.6)  # 130 frames arrived; the ring keeps 64
+        audio = ua.run_sync(lambda: port.read().copy())
+        stats = ua.run_sync(port.stats)
+        assert audio.size == 64 * 160
+        assert stats["rx_overwritten"] >= 50 and stats["rx_overruns"] == 0
+        assert dominant_frequency(audio) == pytest.approx(880, abs=3)  # the newest, not the first second
+    finally:
+        ua.run_sync(lambda: (player.stop(), port.stop()))
+
+
+def test_an_audio_tap_gives_one_second_of_preroll_then_every_new_frame(ua, tmp_path):
+    wav = two_tone_wav(tmp_path)
+    got: list[np.ndarray] = []
+
+    def start():
+        player = PromptPlayer(ua, wav)
+        tap = AudioTap(ua, player.slot, history_frames=50)
+        return player, tap
+
+    player, tap = ua.run_sync(start)
+    try:
+        settle(1.8)
+        pre = ua.run_sync(lambda: tap.preroll().copy())
+        assert pre.size == 50 * 160
+        # The first second was 440 Hz; 0.8 s of 880 Hz followed: the pre-roll ends with 880.
+        assert dominant_frequency(pre[-4000:]) == pytest.approx(880, abs=3)
+        ua.run_sync(lambda: tap.add_consumer(got.append))
+        for _ in range(50):
+            ua.run_sync(tap.poll)
+            settle(0.02)
+        frames = len(got)
+        assert 35 <= frames <= 60, frames  # about one second of 20 ms frames, none lost or repeated
+        assert all(f.size == 160 for f in got)
+    finally:
+        ua.run_sync(lambda: (tap.close(), player.stop()))
+
+
+def test_a_connection_level_scales_that_connection_only(ua, tmp_path):
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, tone(440, 4.0, amplitude=0.4), 8000, subtype="PCM_16")
+
+    def start():
+        player = PromptPlayer(ua, wav)
+        full = FramePort(ua, "full")
+        half = FramePort(ua, "half")
+        bridge.connect(player.slot, full.slot)
+        bridge.connect(player.slot, half.slot, 0.5)
+        return player, full, half
+
+    player, full, half = ua.run_sync(start)
+    try:
+        settle(0.6)
+        ua.run_sync(lambda: (full.read(), half.read()))
+        settle(0.6)
+        a, b = ua.run_sync(lambda: (full.read().copy(), half.read().copy()))
+        assert rms(b) / rms(a) == pytest.approx(0.5, abs=0.05)
+        ua.run_sync(lambda: bridge.adjust_level(player.slot, half.slot, 0.25))
+        settle(0.1)
+        ua.run_sync(lambda: (full.read(), half.read()))
+        settle(0.6)
+        a, b = ua.run_sync(lambda: (full.read().copy(), half.read().copy()))
+        assert rms(b) / rms(a) == pytest.approx(0.25, abs=0.04)
+    finally:
+        ua.run_sync(lambda: (player.stop(), full.stop(), half.stop()))
