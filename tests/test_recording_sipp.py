@@ -355,3 +355,26 @@ def test_a_bridged_call_records_the_caller_and_the_answered_outbound_leg_each_fr
         assert abs(dominant_frequency(tail[:, 1], rate) - peer) < 5, f"{path.name}: channel 2"
     caller_seconds = len(sf.read(inbound[0], dtype="int16")[0]) / 8000
     assert abs(caller_seconds - CALL_S) < 1.0
+
+
+def test_sigterm_finalizes_every_recording_with_a_complete_header(server_factory, tmp_path):
+    calls = 3
+    prompt = make_tone_wav(tmp_path / "tone1k.wav", 1000, 60.0)
+    flow_file = tmp_path / "recorded.yaml"
+    flow_file.write_text(KILL_FLOW.replace("TONE", str(prompt)))
+    server = server_factory(flows=[str(flow_file)])
+    recordings = tmp_path / "recordings"
+    pcap = tmp_path / "caller440.pcap"
+    write_rtp_pcap(pcap, tone(440, 10.0))
+    callers = Sipp("uac_call_pcap", f"127.0.0.1:{server.sip_port}", calls=calls, rate=10, limit=calls,
+                   timeout_s=60, variables={"caller": "5550440", "hold_ms": 30000}, keys={"pcap": pcap})
+    with callers:
+        wait_for(lambda: len(list(recordings.glob("*.wav"))) == calls, 15, "every call to be recorded")
+        time.sleep(2.0)
+        assert server.stop() == 0, server.text()[-2000:]
+        callers.stop()
+    assert server.text().count("finalized (daemon_shutdown)") == calls, server.text()[-3000:]
+    for path in recordings.glob("*.wav"):
+        info = sf.info(path)
+        assert info.frames * 4 + 44 == path.stat().st_size, f"{path.name}: the header must cover every byte"
+        assert info.frames / info.samplerate > 1.5
