@@ -291,7 +291,7 @@ class QueueEngine:
 
     def close(self) -> None:
         """Stop timers and close the database. Entries stay stored as they are: a restart
-        recovers them (§ recover)."""
+        recovers them (see `recover`)."""
         if self.closed:
             return
         self.closed = True
