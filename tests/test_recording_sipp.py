@@ -204,24 +204,8 @@ def test_pause_removes_the_paused_time_and_the_mono_mix_holds_both_directions(ua
     assert band_share(body, rate, 1000) > 0.2, "the prompt is in the mix"
 
 
-KILL_FLOW = """
-name: recorded
-triggers:
-  - name: trunk_main
-    trigger: trunk
-    params: {ref: trunk_main, enableCallRecording: true}
-    next: {Call: [answer], Recording: [record_call]}
-nodes:
-  - name: answer
-    op: call.answer
-    next: {Result: [prompt]}
-  - name: prompt
-    op: media.playAudio
-    params: {sourceType: file, filePath: "TONE"}
-  - name: record_call
-    op: respond.toRecord
-    params: {recordFilePath: "{{ $json.legId }}.wav", recordSplitChannels: true}
-"""
+# Every call recorded to <legId>.wav in the recordings directory; the respond returns at once.
+KILL_FLOW = RECORDED_CALL_FLOW.replace("SUBDIR/", "").replace("WAIT", "false")
 
 
 def test_recordings_of_20_calls_are_valid_wavs_after_kill_9_holding_the_audio_up_to_the_kill(
