@@ -799,12 +799,36 @@ static void fix_nated_contact(RegistrarObject *r, pjsip_rx_data *rdata) {
     sip->port = rdata->pkt_info.src_port;
 }
 
+/* ---- SIP INFO DTMF (added for the flow layer's DTMF relay) ------------------------------------ */
+
+/* pjsua answers and reports (onDtmfDigit, method SIP INFO) only application/dtmf-relay
+ * ("Signal=5"); an INFO carrying application/dtmf (body "5") gets "500 Unhandled by dialog
+ * usages". Rewritten here, before any layer reads it, into the dtmf-relay form (first digit of
+ * the body), so phones using either form reach flows and get their 200. */
+static void dtmf_info_as_relay(pjsip_rx_data *rdata) {
+    pjsip_msg *msg = rdata->msg_info.msg;
+    if (msg->type != PJSIP_REQUEST_MSG || pj_stricmp2(&msg->line.req.method.name, "INFO") != 0) return;
+    pjsip_msg_body *body = msg->body;
+    if (!body || !body->len || pj_stricmp2(&body->content_type.type, "application") != 0 ||
+        pj_stricmp2(&body->content_type.subtype, "dtmf") != 0)
+        return;
+    const char *p = (const char *)body->data, *end = p + body->len;
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')) p++;
+    if (p >= end || !*p || !strchr("0123456789*#ABCDabcd", *p)) return; /* not a digit: left as it is */
+    char *text = pj_pool_alloc(rdata->tp_info.pool, 40);
+    int n = snprintf(text, 40, "Signal=%c\r\nDuration=160\r\n", toupper((unsigned char)*p));
+    body->data = text; /* NUL-terminated: pjsua reads it with pj_str() */
+    body->len = (unsigned)n;
+    body->content_type.subtype = pj_str("dtmf-relay");
+}
+
 /* Runs before the transaction layer (which would consume responses), for every message. */
 static pj_bool_t nat_on_rx(pjsip_rx_data *rdata) {
     if (the_registrar && rdata->msg_info.msg) {
         if (rdata->msg_info.msg->type == PJSIP_RESPONSE_MSG ||
             rdata->msg_info.msg->line.req.method.id != PJSIP_REGISTER_METHOD)
             fix_nated_contact(the_registrar, rdata);
+        dtmf_info_as_relay(rdata);
     }
     return PJ_FALSE;
 }
