@@ -9,7 +9,6 @@ provider's rejection code)."""
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from tests.support.audio import dominant_frequency, rms, tone
 from tests.support.capture import LoopbackCapture
 from tests.support.pcap import RtpStream, write_rtp_pcap
 from tests.support.sipp import Sipp
+from tests.support.siptrace import first, trace
 
 pytestmark = pytest.mark.sipp
 
@@ -37,24 +37,6 @@ def pcap_of(tmp_path: Path, name: str, freq: float, seconds: float, dtmf=()) -> 
     path = tmp_path / f"{name}.pcap"
     write_rtp_pcap(path, tone(freq, seconds), dtmf=list(dtmf))
     return path
-
-
-def trace(sipp: Sipp) -> list[tuple[datetime, str, str]]:
-    """(time, "sent"|"received", message) of every SIP message SIPp traced."""
-    text = (sipp.trace_dir / "messages.log").read_text(errors="replace")
-    parts = re.split(r"-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\n", text)
-    out = []
-    for stamp, body in zip(parts[1::2], parts[2::2]):
-        kind = "sent" if "message sent" in body.split("\n", 1)[0] else "received"
-        out.append((datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f"), kind, body.split("\n", 1)[1].strip()))
-    return out
-
-
-def first(messages, kind: str, start: str) -> tuple[datetime, str]:
-    for when, k, message in messages:
-        if k == kind and message.startswith(start):
-            return when, message
-    raise AssertionError(f"no {kind} message starting {start!r} in {[m[:40] for _, _, m in messages]}")
 
 
 def stream_to(cap: LoopbackCapture, port: int) -> RtpStream:
