@@ -200,8 +200,10 @@ def dtmf_flow(method: str) -> str:
 """ + hangups("bye"))
 
 
-def test_send_dtmf_rfc2833_reaches_the_caller_as_events_a_digit_apart(server_factory, tmp_path):
-    server = start_server(server_factory, tmp_path, dtmf_flow("rfc2833"))
+@pytest.mark.parametrize("method", ["rfc2833", "auto"])
+def test_send_dtmf_rfc2833_reaches_the_caller_as_events_a_digit_apart(server_factory, tmp_path, method):
+    # auto picks RFC 2833 first: the caller offered telephone-event and the trunk allows it.
+    server = start_server(server_factory, tmp_path, dtmf_flow(method))
     result, stream, _ = call(server, tmp_path, silence(6.0))
     assert result.ok, str(result)
     assert server.wait_for_log("node bye ")
@@ -453,3 +455,75 @@ def test_a_second_recording_on_a_leg_is_refused_and_dtmf_ends_the_first(server_f
     assert "(call_dtmf)" in text
     data, rate = sf.read(tmp_path / "recordings" / "bg.wav", dtype="int16")
     assert 1.8 <= data.size / rate <= 2.6, data.size / rate  # from the answer to the digit at 2 s
+
+
+# --- ducking the bridged peer (in-process endpoint, bridged by the test) ------------------------
+
+PEER_DUCK_FLOW = """
+name: peer_duck
+triggers:
+  - name: trunk_main
+    trigger: trunk
+    params: {ref: trunk_main}
+    next: {Call: [answer]}
+nodes:
+  - name: answer
+    op: call.answer
+    next: {Result: [hold]}
+  - name: hold
+    op: call.wait
+    params: {timeoutSeconds: 20, options: {interruptReasons: [call_bridge_joined]}}
+    next: {Interrupted: [announce], Timeout: [bye]}
+  - name: announce
+    op: media.playTone
+    params: {tone: custom, customTone: "1500/1500", options: {duckingFactor: 0.25}}
+    next: {Completed: [linger], Interrupted: [linger]}
+  - name: linger
+    op: call.wait
+    params: {timeoutSeconds: 2}
+    next: {Timeout: [bye]}
+  - name: bye
+    op: call.hangup
+"""
+
+
+def test_a_ducking_prompt_on_a_bridged_leg_lowers_the_peers_voice(ua, tmp_path):
+    from softswitch.flow.loader import load_flow_text
+    from softswitch.flow.runtime import FlowEngine
+    from tests.support.waiting import wait_for
+
+    engine = ua.run_sync(lambda: FlowEngine(ua, [load_flow_text(PEER_DUCK_FLOW, "peer_duck.yaml")]))
+    ua.run_sync(lambda: setattr(ua, "handler", engine))
+    port = ua.config.sip.udp_port
+    try:
+        pcaps = {}
+        for freq in (440, 1000):
+            pcaps[freq] = tmp_path / f"tone{freq}.pcap"
+            write_rtp_pcap(pcaps[freq], tone(freq, 10.0))
+        a = Sipp("uac_call_until_bye", f"127.0.0.1:{port}", calls=1, timeout_s=30,
+                 variables={"caller": "5550440", "bye_timeout_ms": 20000}, keys={"pcap": pcaps[440]})
+        b = Sipp("uac_call_until_bye", f"127.0.0.1:{port}", calls=1, timeout_s=30,
+                 variables={"caller": "5551000", "bye_timeout_ms": 20000}, keys={"pcap": pcaps[1000]})
+        with LoopbackCapture(f"udp and dst port {a.media_port}", tmp_path / "rtp.pcap") as cap:
+            with a:
+                wait_for(lambda: len(ua.run_sync(lambda: list(engine.legs))) == 1, 5, "caller A")
+                with b:
+                    wait_for(lambda: len(ua.run_sync(lambda: list(engine.legs))) == 2, 5, "caller B")
+                    time.sleep(0.5)
+                    leg_a, leg_b = ua.run_sync(lambda: sorted(engine.legs.values(), key=lambda l: l.leg.id))
+                    ua.run_sync(lambda: engine.bridges.bridge(leg_a, leg_b))
+                    result_b = b.wait(30)
+                result_a = a.wait(30)
+        assert result_a.ok, str(result_a)
+        assert result_b.ok, str(result_b)
+        to_a = max(cap.streams(dst_port=a.media_port).values(), key=lambda s: len(s.packets)).audio()
+        peer = _amplitudes(to_a, 1000)
+        announce = _amplitudes(to_a, 1500)
+        on = np.flatnonzero(announce > 0.1)
+        assert 6 <= on.size <= 9, announce
+        during, after = peer[on[0] + 1:on[-1]], peer[on[-1] + 2:on[-1] + 9]
+        assert np.median(after) > 0.2, peer  # B's 1 kHz at full level once the prompt ended
+        assert np.median(during) / np.median(after) == pytest.approx(0.25, abs=0.06), peer
+    finally:
+        ua.run_sync(lambda: setattr(ua, "handler", None))
+        ua.run_sync(engine.shutdown)
