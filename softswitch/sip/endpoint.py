@@ -205,6 +205,9 @@ class UserAgent:
         while not self._stop_requested.is_set():
             turn_start = time.monotonic()
             ep.libHandleEvents(LOOP_POLL_MS)
+            # pjsua2 runs callbacks queued by other threads (DTMF, media state) only at the start
+            # of libHandleEvents: run those that arrived during the poll now, not after the next one.
+            ep.libHandleEvents(0)
             self.registrar.poll()
             self._drain_commands()
             self.timers.run_due()
