@@ -113,8 +113,12 @@ def caller_audio(digits: int, spacing: float) -> tuple[np.ndarray, list[tuple[st
     return silence(seconds), events
 
 
-def match_digits(packets: list[Packet], ports: range, spacing: float) -> list[Digit]:
-    """Pair each digit the callers sent with the first prompt frame the server sent back."""
+def match_digits(packets: list[Packet], media_port: int, spacing: float) -> list[Digit]:
+    """Pair each digit the callers sent with the first prompt frame the server sent back.
+
+    Every caller is one SIPp, whose RTP comes from and goes to `media_port`; the other end of
+    each packet is the server's RTP port of that call. Keying by it keeps other traffic on
+    loopback (other servers' calls) out of the figures."""
     digits: list[Digit] = []
     # The event each server port is receiving: (its RTP timestamp, the Digit). Every caller
     # replays the same pcap (same SSRC and timestamps) and pjsua reuses ports for later calls,
@@ -125,7 +129,7 @@ def match_digits(packets: list[Packet], ports: range, spacing: float) -> list[Di
         rtp = parse_rtp(pkt.payload, pkt.ts)
         if rtp is None:
             continue
-        if pkt.dst_port in ports and rtp.pt == PT_TELEPHONE_EVENT and len(rtp.payload) >= 4:
+        if pkt.src_port == media_port and rtp.pt == PT_TELEPHONE_EVENT and len(rtp.payload) >= 4:
             known = current.get(pkt.dst_port)
             if rtp.marker or known is None or known[0] != rtp.timestamp:
                 digit = Digit(pkt.dst_port, "0123456789*#ABCD"[rtp.payload[0] & 0x0F], pkt.ts, None, None)
@@ -135,7 +139,7 @@ def match_digits(packets: list[Packet], ports: range, spacing: float) -> list[Di
                 digit = known[1]
             if rtp.payload[1] & 0x80:
                 digit.last_end = pkt.ts
-        elif pkt.src_port in ports and rtp.pt in (PT_PCMU, PT_PCMA) and rtp.payload:
+        elif pkt.dst_port == media_port and rtp.pt in (PT_PCMU, PT_PCMA) and rtp.payload:
             pcm = ulaw_decode(rtp.payload) if rtp.pt == PT_PCMU else alaw_decode(rtp.payload)
             if int(np.abs(pcm.astype(np.int32)).max()) >= NON_SILENT:
                 loud.setdefault(pkt.src_port, []).append(pkt.ts)
@@ -162,7 +166,6 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[Summary, list[Digit]]:
     write_rtp_pcap(caller_pcap, audio, dtmf=events)
     call_s = audio.size / 8000
     rtp_start = free_port_block(RTP_PORTS)
-    ports = range(rtp_start, rtp_start + RTP_PORTS)
     cfg = write_test_config(tmp, directories={"prompts": str(prompts)}, flows=[str(flow)],
                             sip={"rtp_port_start": rtp_start, "rtp_port_count": RTP_PORTS},
                             logging={"level": "warning"})
@@ -173,14 +176,14 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[Summary, list[Digit]]:
         uac = Sipp("uac_call_pcap", f"127.0.0.1:{server.sip_port}", calls=args.calls, limit=args.concurrency,
                    rate=rate, variables={"caller": "5550100", "hold_ms": int(call_s * 1000) + 300},
                    keys={"pcap": caller_pcap}, timeout_s=bound, trace_msg=False)
-        with LoopbackCapture(f"udp and portrange {ports.start}-{ports.stop - 1}", tmp / "rtp.pcap",
+        with LoopbackCapture(f"udp and port {uac.media_port}", tmp / "rtp.pcap",
                              buffer_kib=65536) as cap:
             with uac:
                 result = uac.wait(bound + 10)
         packets = cap.packets()
     finally:
         server.stop()
-    digits = match_digits(packets, ports, args.spacing)
+    digits = match_digits(packets, uac.media_port, args.spacing)
     matched = [d for d in digits if d.prompt_start is not None]
     first = [(d.prompt_start - d.first_event) * 1000 for d in matched]
     last = [(d.prompt_start - d.last_end) * 1000 for d in matched if d.last_end is not None]
