@@ -27,6 +27,7 @@ import base64
 import io
 import itertools
 import logging
+import queue
 import shutil
 import tempfile
 import threading
@@ -431,6 +432,7 @@ class MediaResource:
         self._tones: ToneLibrary | None = None
         self._unpoll: Callable[[], None] | None = None
         self._peer_levels: dict[str, tuple[int, int, float]] = {}  # leg id → (peer slot, leg slot, level)
+        self.workers = MediaWorkers()
 
     def next_seq(self) -> int:
         return next(self._seq)
@@ -538,15 +540,40 @@ class MediaResource:
     def in_worker(self, job: Callable[[], Any], done: Callable[[Any, BaseException | None], None]) -> None:
         """Run `job` on a worker thread (downloads, decoding, encoding, uploads); `done(result,
         error)` runs on the UA thread."""
-        def run() -> None:
+        self.workers.submit(job, lambda result, error: self.ua.call_soon(done, result, error))
+
+
+class MediaWorkers:
+    """A few daemon threads for media I/O and CPU work, started on demand (at most `size`), so
+    a burst of downloads never becomes hundreds of threads, and a hung server never delays exit."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+
+    def submit(self, job: Callable[[], Any], done: Callable[[Any, BaseException | None], None]) -> None:
+        self._jobs.put((job, done))
+        with self._lock:
+            if self._idle == 0 and self._threads < self.size:
+                self._threads += 1
+                threading.Thread(target=self._run, name=f"media-io-{self._threads}", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            job, done = self._jobs.get()
+            with self._lock:
+                self._idle -= 1
             try:
                 result = job()
             except BaseException as exc:  # handed back to the UA thread
-                self.ua.call_soon(done, None, exc)
-                return
-            self.ua.call_soon(done, result, None)
-
-        threading.Thread(target=run, name="media-io", daemon=True).start()
+                done(None, exc)
+                continue
+            done(result, None)
 
 
 class _ScratchDir:
