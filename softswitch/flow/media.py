@@ -628,8 +628,9 @@ def on_leg_event(engine: "FlowEngine", flow_leg: "FlowLeg", event: LegEvent) -> 
         return True
     ops = [op for op in engine.media.values() if op.flow_leg is flow_leg and op.live]
     if isinstance(event, LegEnded):
+        reason = "daemon_shutdown" if event.reason == "daemon_shutdown" else "call_ended"
         for op in ops:
-            op.finish("interrupted", "call_ended")
+            op.finish("interrupted", reason)
         if res is not None:
             res.on_leg_ended(flow_leg)
         return True
