@@ -18,7 +18,13 @@ Audio paths, and why they are cheap for hundreds of legs:
   get one when their media starts, so a recording has its 1 s pre-roll; anything else gets one
   on demand. A tap costs Python work only while a recording or voice detector reads it.
 * Ducking (§5.2): gains are set per bridge connection (`bridge.adjust_level`), for each
-  playback → leg and for the bridged peer → leg; nothing is mixed in Python.
+  playback → leg and for the bridged peer → leg; nothing is mixed in Python. Approximations:
+  every playback has priority 0 (so the order is newest first), pjmedia applies levels in
+  steps of 1/128, and when the sum into a leg overflows the bridge's own limiter lowers it.
+
+media.sendDtmf publishes each digit as a dtmf event on the leg (interrupting DTMF-interruptible
+playbacks there and reaching waits) but does not relay it to a bridged peer: bridges relay only
+what the remote side sends.
 """
 
 from __future__ import annotations
