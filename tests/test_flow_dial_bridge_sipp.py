@@ -53,7 +53,8 @@ def hears(audio: np.ndarray, freq: float) -> bool:
 
 # ---- audio both ways, then unbridge ----------------------------------------------------------
 
-BRIDGE_FLOW = """
+# The caller is answered, the provider dialled, and once it answers the two are bridged.
+DIAL_THEN_BRIDGE = """
 name: bridging
 triggers:
   - name: trunk_main
@@ -72,7 +73,9 @@ nodes:
     op: dial.wait
     params: {dialTimeoutSeconds: 10}
     next: {Answered: [bridge]}
-  - name: bridge
+"""
+
+BRIDGE_FLOW = DIAL_THEN_BRIDGE + """  - name: bridge
     op: call.bridge
     params: {legAId: "CALLER", legBId: "{{ $json.legId }}"}
     next: {Success: [talk]}
@@ -127,25 +130,7 @@ def test_bridged_legs_hear_each_other_and_nothing_after_unbridge(server_factory,
 
 # ---- DTMF relay ------------------------------------------------------------------------------
 
-DTMF_FLOW = """
-name: relay
-triggers:
-  - name: trunk_main
-    trigger: trunk
-    params: {ref: trunk_main}
-    next: {Call: [answer]}
-nodes:
-  - name: answer
-    op: call.answer
-    next: {Result: [dial]}
-  - name: dial
-    op: dial.make
-    params: {callMode: trunk, ref: trunk_main, destination: "2000"}
-    next: {Result: [wait]}
-  - name: wait
-    op: dial.wait
-    params: {dialTimeoutSeconds: 10}
-    next: {Answered: [bridge]}
+DTMF_FLOW = DIAL_THEN_BRIDGE + """
   - name: bridge
     op: call.bridge
     params: {legAId: "CALLER", legBId: "{{ $json.legId }}", options: {relayDtmf: RELAY}}
