@@ -285,3 +285,31 @@ def test_unanswered_caller_rings_with_the_dialled_leg_and_is_rejected_with_its_c
     first(messages, "received", "SIP/2.0 180")  # the provider's ringing reached the caller
     assert server.wait_for_log("dial.wait wait: Failed", 5)
     assert "Traceback" not in server.text()
+
+
+SEND_FLOW = DTMF_FLOW.replace("next: {Success: [hold]}", "next: {Success: [hold, send]}") + """
+  - name: send
+    op: media.sendDtmf
+    params: {dtmfDigits: "42", options: {legId: "CALLER", dtmfMethod: rfc2833}}
+""".replace("CALLER", CALLER)
+
+
+def test_digits_a_flow_sends_on_a_bridged_leg_are_relayed_to_its_peer(server_factory, tmp_path):
+    uas = Sipp("uas_answer_pcap", calls=1, timeout_s=30, trace_dir=tmp_path / "uas",
+               variables={"answer_delay_ms": 0}, keys={"pcap": pcap_of(tmp_path, "uas", 1000, 8)})
+    caller_pcap = tmp_path / "caller.pcap"
+    write_rtp_pcap(caller_pcap, np.zeros(8000 * 5, dtype=np.int16))
+    with uas:
+        server = start(server_factory, tmp_path, SEND_FLOW.replace("RELAY", "auto"), uas)
+        caller = Sipp("uac_call_pcap", f"127.0.0.1:{server.sip_port}", calls=1, timeout_s=30,
+                      trace_dir=tmp_path / "caller", variables={"caller": "5550440", "hold_ms": 5000},
+                      keys={"pcap": caller_pcap})
+        with LoopbackCapture(f"udp and (dst port {uas.media_port} or dst port {caller.media_port})",
+                             tmp_path / "rtp.pcap") as cap:
+            with caller:
+                caller_result = caller.wait(30)
+            uas_result = uas.wait(15)
+    assert caller_result.ok and uas_result.ok, f"{caller_result}\n{uas_result}"
+    assert stream_to(cap, caller.media_port).dtmf_digits() == "42"  # sent on the caller's leg
+    assert stream_to(cap, uas.media_port).dtmf_digits() == "42"  # and relayed over the bridge
+    assert "Traceback" not in server.text()

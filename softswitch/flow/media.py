@@ -1011,8 +1011,12 @@ class DtmfSender:
         raise NodeFailed(f"cannot send DTMF on {self.flow_leg.id}: " + "; ".join(errors))
 
     def _publish(self, digit: str) -> None:
+        """A sent digit is also an event on the leg, and crosses its bridge like a received one
+        (§5.4). Its method for the relay is `sent`: even an in-band digit played towards this
+        leg's far end has not reached the bridged peer's audio."""
         if self.flow_leg.id in self.res.engine.legs:
             self.res.engine.deliver(self.flow_leg, LegDtmf(self.flow_leg.id, digit, self.method or "inband"))
+            self.res.engine.bridges.relay_dtmf(self.flow_leg, digit, "sent")
 
     def _send_signalled(self, method: str, index: int) -> None:
         leg = self.flow_leg.leg
