@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.support.audio import tone  # noqa: E402
 from tests.support.capture import LoopbackCapture  # noqa: E402
-from tests.support.pcap import read_pcap, rtp_streams, write_rtp_pcap  # noqa: E402
+from tests.support.pcap import Packet, read_pcap, rtp_streams, write_rtp_pcap  # noqa: E402
 from tests.support.ports import free_port, free_port_block  # noqa: E402
 from tests.support.server import ServerProcess, write_test_config  # noqa: E402
 from tests.support.sipp import Sipp  # noqa: E402
@@ -122,10 +122,10 @@ class CpuSampler:
         return 100.0 * (self._ticks() - self.c0) / os.sysconf("SC_CLK_TCK") / dt
 
 
-def gap_stats(pcap: Path, dst_port: int) -> tuple[float, float, int]:
+def gap_stats(packets: list[Packet], dst_port: int) -> tuple[float, float, int]:
     """(p99, max, streams) of inter-packet gaps per server stream, the first second of each skipped."""
     by_stream: dict[tuple, list[float]] = {}
-    for pkt in read_pcap(pcap):
+    for pkt in packets:
         if pkt.dst[1] != dst_port or len(pkt.payload) < 12:
             continue
         # A stream is a source address and an SSRC: pjsua reuses RTP ports for later calls.
@@ -205,8 +205,10 @@ def run_step(workload: Workload, system: str, n: int, tmp: Path) -> Step:
                     cpu.sample_rss()
                 cpu_percent = cpu.stop()
                 result = uac.wait(bound)
-        p99, gmax, streams = gap_stats(cap.path, uac.media_port)
-        toned = tone_streams(cap.path, uac.media_port, workload.expected_tone) if workload.expected_tone else None
+        packets = read_pcap(cap.path)  # read once: a step captures up to a million packets
+        p99, gmax, streams = gap_stats(packets, uac.media_port)
+        toned = tone_streams(packets, uac.media_port, workload.expected_tone) if workload.expected_tone else None
+        del packets
     finally:
         server.stop()
     # Clean: every call succeeded, every call's RTP was seen, and its pacing held.
@@ -216,11 +218,11 @@ def run_step(workload: Workload, system: str, n: int, tmp: Path) -> Step:
                 round(gmax, 2), streams, round(cpu_percent, 1), round(cpu.rss_peak, 1), ok, toned)
 
 
-def tone_streams(pcap: Path, dst_port: int, expected: tuple[float, float]) -> int:
+def tone_streams(packets: list[Packet], dst_port: int, expected: tuple[float, float]) -> int:
     """How many server streams carry `expected` = (Hz, minimum seconds) of a tone."""
     freq, seconds = expected
     return sum(tone_seconds(stream.audio(), freq) >= seconds
-               for stream in rtp_streams(read_pcap(pcap), dst_port).values())
+               for stream in rtp_streams(packets, dst_port).values())
 
 
 def tone_seconds(audio: np.ndarray, freq: float) -> float:
@@ -261,6 +263,13 @@ def ramp(workload: Workload, steps: list[int], tmp: Path) -> list[Step]:
     return results
 
 
+def source_revision() -> str:
+    """The commit measured, marked "+dirty" when the working tree had changes (a shared tree)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("+dirty" if git("status", "--porcelain", "-uno") else "")
+
+
 def report(results: list[Step], json_path: str | Path, **extra: object) -> float:
     """Print the ceilings and their ratio, write the JSON results; returns the ratio."""
     bare = ceiling([s for s in results if s.system == "bare"])
@@ -270,7 +279,8 @@ def report(results: list[Step], json_path: str | Path, **extra: object) -> float
     Path(json_path).parent.mkdir(parents=True, exist_ok=True)
     Path(json_path).write_text(json.dumps({"steps": [asdict(s) for s in results], "bare_ceiling": bare,
                                            "softswitch_ceiling": soft, "ratio": ratio,
-                                           "command": " ".join(sys.argv), **extra}, indent=2))
+                                           "command": " ".join(sys.argv), "revision": source_revision(),
+                                           **extra}, indent=2))
     return ratio
 
 

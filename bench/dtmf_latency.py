@@ -39,6 +39,9 @@ from tests.support.ports import free_port_block  # noqa: E402
 from tests.support.server import ServerProcess, write_test_config  # noqa: E402
 from tests.support.sipp import Sipp  # noqa: E402
 
+sys.path.insert(0, str(REPO / "bench"))
+from capacity import source_revision  # noqa: E402
+
 GOAL_P99_MS = 40.0
 DIGITS = "123"
 DIGIT_MS = 100
@@ -224,7 +227,7 @@ def main() -> int:
     print(f"run took {time.monotonic() - started:.0f} s")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"summary": asdict(summary), "command": " ".join(sys.argv),
+    out.write_text(json.dumps({"summary": asdict(summary), "command": " ".join(sys.argv), "revision": source_revision(),
                                "digits": [asdict(d) for d in digits]}, indent=1))
     return 0 if summary.goal_met else 1
 

@@ -6,10 +6,11 @@ cleanly, as a ratio of a bare pjsua2 script doing the same IVR by hand (`bare_pj
 Each call (both systems): answer; the menu prompt (3 s, interruptible by a digit); `call.wait`
 with rules 1, 2 and 9. The caller (SIPp, trunk side, a 440 Hz tone) presses 1 or 2 two seconds
 into every menu: that branch plays a 2 s prompt and returns to the menu. After `--loops` turns
-it presses 9: a 1 s goodbye prompt, then the server hangs up. So a call lasts about
-3 + 4 x loops seconds, and it only succeeds (SIPp receives the BYE) if every digit took its
-branch. A step is clean as in capacity.py: no failed call, every call's RTP seen, RTP gap p99
-under 30 ms; and here also every call's audio from the server carries the branch prompt.
+it presses 9: a 1 s goodbye prompt, then the server hangs up (the call succeeds when SIPp gets
+that BYE). A call lasts 3 + 4 x loops seconds (15 s by default). A step is clean as in
+capacity.py (no failed call, every call's RTP seen, RTP gap p99 under 30 ms) and, here, every
+call's audio from the server also carries the branch prompt for every turn (decoded from the
+capture), so each digit really took its branch.
 
     .venv/bin/python bench/ivr_capacity.py                          # default steps
     .venv/bin/python bench/ivr_capacity.py --steps 100,200 --loops 2  # a quick look
@@ -103,7 +104,7 @@ def ivr_workload(tmp: Path, loops: int) -> Workload:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", default="300,400,500,600", help="comma-separated concurrency steps, ascending")
-    ap.add_argument("--loops", type=int, default=4, help="menu turns before the caller presses 9 (default 4)")
+    ap.add_argument("--loops", type=int, default=3, help="menu turns before the caller presses 9 (default 3)")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "ivr_capacity.json"))
     args = ap.parse_args()
     steps = [int(s) for s in args.steps.split(",")]
