@@ -10,9 +10,18 @@ import pytest
 from tests.support.server import ServerProcess, write_test_config
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so fixtures can tell a failed test."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator:
-    """Start `softswitch run` processes; every one is stopped when the test ends."""
+def server_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator:
+    """Start `softswitch run` processes; every one is stopped when the test ends, and if the test
+    failed, the tail of each server's log is attached to the report."""
     started: list[ServerProcess] = []
 
     def start(*, extra_args: list[str] | None = None, **sections: dict) -> ServerProcess:
@@ -24,6 +33,10 @@ def server_factory(tmp_path: Path) -> Iterator:
     yield start
     for server in started:
         server.stop()
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        for i, server in enumerate(started):
+            report.sections.append((f"softswitch server {i} log (tail)", server.text()[-12000:]))
 
 
 @pytest.fixture(scope="session")
