@@ -1,5 +1,6 @@
 """Config loading: the built-in default, validation errors with file and line, paths, secrets."""
 
+from dataclasses import replace
 from pathlib import Path
 from textwrap import dedent
 
@@ -49,7 +50,7 @@ def test_builtin_default_loads_with_documented_values(tmp_path, monkeypatch):
     trunk = config.trunks["trunk_main"]
     assert (trunk.name, trunk.address, trunk.port, trunk.connection) == ("trunk_main", "127.0.0.1", 0, None)
     assert config.connections == {}
-    assert config.flows == []
+    assert config.flows == [REPO_FLOWS_DIR / "full-demo.yaml"]  # the assembled demo
     # The built-in default has no directory of its own: its directories follow the working directory.
     assert config.directories.prompts == tmp_path / "prompts"
     assert config.directories.recordings == tmp_path / "recordings"
@@ -63,13 +64,17 @@ def test_default_config_text_is_the_shipped_file_and_loads_the_same(tmp_path, mo
     text = default_config_text()
     assert "trunk_main:" in text and "pass1003" in text
     monkeypatch.chdir(tmp_path)
-    copied = write_config(tmp_path, text)
-    assert load_config(copied) == load_config(None)
+    (tmp_path / "full-demo.yaml").symlink_to(REPO_FLOWS_DIR / "full-demo.yaml")
+    copied = load_config(write_config(tmp_path, text))
+    builtin = load_config(None)
+    # A copy's flow paths resolve against its own directory, the built-in's against flows/.
+    assert copied.flows == [tmp_path / "full-demo.yaml"] and builtin.flows == [REPO_FLOWS_DIR / "full-demo.yaml"]
+    assert replace(copied, flows=[]) == replace(builtin, flows=[])
 
 
 def test_builtin_default_flows_resolve_against_repo_flows_dir():
-    # No demo flow is listed yet; the base is what later entries will resolve against.
     assert REPO_FLOWS_DIR == Path(__file__).resolve().parent.parent / "flows"
+    assert all(path.is_file() for path in load_config(None).flows)
 
 
 def test_unknown_key_and_wrong_type_are_both_reported_with_file_and_line(tmp_path):
@@ -274,7 +279,7 @@ def test_empty_section_means_its_defaults(tmp_path):
 
 
 def test_default_directories_of_an_absent_section_resolve_against_the_file(tmp_path, monkeypatch):
-    path = write_config(tmp_path / "etc", "sip: {udp_port: 5070}\n")
+    write_config(tmp_path / "etc", "sip: {udp_port: 5070}\n")
     monkeypatch.chdir(tmp_path)
     config = load_config(Path("etc/softswitch.yaml"))
     assert config.directories.prompts == tmp_path / "etc" / "prompts"
@@ -285,7 +290,7 @@ def test_relative_paths_resolve_against_the_config_files_directory(tmp_path, mon
     conf_dir = tmp_path / "etc"
     (conf_dir / "flows").mkdir(parents=True)
     (conf_dir / "flows" / "main.yaml").write_text("{}\n")
-    path = write_config(
+    write_config(
         conf_dir,
         f"""\
         flows: [flows/main.yaml]

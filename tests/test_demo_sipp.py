@@ -24,8 +24,8 @@ from tests.support.actors import register_phone, uac_call, uac_until_bye, uas_an
 from tests.support.audio import dominant_frequency, tone
 from tests.support.capture import LoopbackCapture
 from tests.support.pcap import write_rtp_pcap
-from tests.support.ports import free_port
-from tests.support.server import REPO
+from tests.support.ports import free_port, free_port_block
+from tests.support.server import REPO, ServerProcess
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.sipp
@@ -446,3 +446,28 @@ def test_assembled_every_call_leaves_a_stereo_wav_as_long_as_the_call(server_fac
         audio, rate = recording_of(server, tmp_path, leg_id)
         assert audio.ndim == 2 and audio.shape[1] == 2
         assert abs(len(audio) / rate - holds[number] / 1000) < 1.0, (number, len(audio) / rate)
+
+
+def test_builtin_default_config_runs_the_assembled_demo(tmp_path):
+    """`softswitch run` with no config: demo agents and flows work at once (ports moved off 5060)."""
+    port, rtp = free_port("both"), free_port_block(400, "udp")
+    overrides = {"sip.udp_port": port, "sip.tcp_port": port, "sip.rtp_port_start": rtp, "sip.rtp_port_count": 400,
+                 "directories.recordings": tmp_path / "recordings", "directories.state": tmp_path / "state",
+                 "logging.level": "debug"}
+    args = [a for key, value in overrides.items() for a in ("--set", f"{key}={value}")]
+    server = ServerProcess(None, args, port=port).start()
+    try:
+        with agent(server, tmp_path, "1001") as phone:
+            caller = uac_call(f"127.0.0.1:{port}", pcap_of(tmp_path, "caller", CALLER, 8, [press("1", 1.0)]),
+                              caller="5551234", hold_ms=7000, timeout_s=30)
+            with caller:
+                caller_result = caller.wait(30)
+            phone_result = phone.wait(20)
+    finally:
+        server.stop()
+    assert caller_result.ok and phone_result.ok, f"{caller_result}\n{phone_result}\n{server.text()[-4000:]}"
+    assert "flow part-3-step-4-routing-queue-ai-recording-tools-callback" in server.text()
+    assert ran(server, "bridge_agent") == 1
+    (recording,) = (tmp_path / "recordings").glob("leg_*.wav")  # the trunk call (agents' set records nothing)
+    audio, rate = sf.read(recording, dtype="int16")
+    assert audio.shape[1] == 2 and abs(len(audio) / rate - 7.0) < 1.0

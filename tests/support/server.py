@@ -70,14 +70,18 @@ def sip_options_ok(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> 
 class ServerProcess:
     """A running `softswitch run`. Its output is collected; `stop()` is bounded."""
 
-    config: Path
+    config: Path | None  # None: the built-in default config (give `port` and --set overrides)
     extra_args: list[str] = field(default_factory=list)
+    port: int | None = None
     proc: subprocess.Popen | None = None
     output: list[str] = field(default_factory=list)
     _ready: threading.Event = field(default_factory=threading.Event)
 
     @property
     def sip_port(self) -> int:
+        if self.config is None:
+            assert self.port is not None, "a server on the built-in config needs its port"
+            return self.port
         return int(yaml.safe_load(self.config.read_text())["sip"]["udp_port"])
 
     @property
@@ -86,7 +90,8 @@ class ServerProcess:
         return range(sip["rtp_port_start"], sip["rtp_port_start"] + sip["rtp_port_count"])
 
     def start(self, timeout: float = 20.0) -> "ServerProcess":
-        cmd = [sys.executable, "-m", "softswitch", "run", "--config", str(self.config), *self.extra_args]
+        config = [] if self.config is None else ["--config", str(self.config)]
+        cmd = [sys.executable, "-m", "softswitch", "run", *config, *self.extra_args]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         threading.Thread(target=self._pump, daemon=True).start()
