@@ -166,3 +166,61 @@ def test_blocking_prompt_interrupted_by_dtmf_then_the_digit_reaches_the_menu(ser
     # The menu prompt (6.9 s) cut after ~1 s, about 1 s of hold music, then BYE.
     assert 1.5 < stream.duration_seconds() < 4.0, stream.duration_seconds()
     assert active_seconds(stream.audio(), 8000, 0.005) > 0.8
+
+
+FULL_MENU_FLOW = """
+name: full_menu
+triggers:
+  - name: trunk_main
+    trigger: trunk
+    params: {ref: trunk_main}
+    next: {Call: [answer]}
+nodes:
+  - name: answer
+    op: call.answer
+    next: {Result: [menu]}
+  - name: menu
+    op: call.wait
+    params:
+      timeoutSeconds: 6
+      rules:
+        - {pattern: "1", label: Support}
+        - {pattern: "2", label: Sales}
+        - {pattern: "3", label: Assistant}
+        - {pattern: "12", label: Twelve}
+      waitDtmfFallbackEnabled: true
+      options: {interdigitTimeoutSeconds: 1.5}
+    next: {Support: [bye_support], Sales: [bye_sales], Assistant: [bye_assistant], Twelve: [bye_twelve],
+           DTMF Fallback: [bye_fallback], Timeout: [bye_timeout]}
+""" + "".join(f"""  - name: bye_{n}
+    op: call.hangup
+""" for n in ("support", "sales", "assistant", "twelve", "fallback", "timeout"))
+
+
+@pytest.mark.parametrize("presses, node, at_least, at_most", [
+    # "1" is also the start of "12": the menu waits out the 1.5 s interdigit time, then takes "1".
+    ([("1", 0.5, 160)], "bye_support", 2.0, 4.5),
+    # "1" then "2" within the interdigit time: the longer rule.
+    ([("1", 0.5, 160), ("2", 1.0, 160)], "bye_twelve", 0.9, 3.5),
+    # "3" starts no longer rule: taken at once.
+    ([("3", 0.5, 160)], "bye_assistant", 0.4, 2.5),
+    # "7" matches no rule: the fallback branch.
+    ([("7", 0.5, 160)], "bye_fallback", 0.4, 4.5),
+])
+def test_menu_rules_interdigit_and_fallback_on_real_calls(server_factory, tmp_path, presses, node, at_least, at_most):
+    server = flow_server(server_factory, tmp_path, FULL_MENU_FLOW)
+    result, elapsed = call_until_bye(server, tmp_path, dtmf=presses, seconds=6.0)
+    assert result.ok, str(result)
+    assert server.wait_for_log(f"node {node} ")
+    assert sum("node bye_" in line for line in server.text().splitlines()) == 1
+    # Elapsed counts from SIPp's start (INVITE, answer, pcap start): the branch timing is in the log.
+    answered = _log_time(server.text(), "node menu ")
+    taken = _log_time(server.text(), f"node {node} ")
+    assert at_least - 0.5 <= taken - answered <= at_most, (taken - answered)
+
+
+def _log_time(text: str, needle: str) -> float:
+    import re
+    line = next(line for line in text.splitlines() if needle in line)
+    h, m, s = re.search(r"(\d{2}):(\d{2}):(\d{2}\.\d{3})", line).groups()
+    return int(h) * 3600 + int(m) * 60 + float(s)
