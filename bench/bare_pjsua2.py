@@ -6,10 +6,17 @@ as a ratio of this one. Two workloads:
 - plain: answer, play a prompt into the call, record the caller;
 - ivr: what bench/ivr_capacity.py's flow does, by hand: answer, play menu.wav; a digit stops it;
   1 or 2 plays branch.wav then the menu again; 9 plays goodbye.wav then hangs up; 10 s without a
-  digit after the menu replays it.
+  digit after the menu replays it;
+- b2bua: what bench/queue_capacity.py's demo flow does for a caller who presses 1 while an agent
+  is free, by hand: answer, record the call, play menu.wav; the digit 1 stops it and dials the
+  agent; once the agent answers, both legs are joined in the conference bridge; whoever hangs
+  up, the other side is hung up. pjsua2's AudioMediaRecorder has no stereo, so the recording is
+  the mix of both legs (mono), not softswitch's split channels.
 
     python bench/bare_pjsua2.py --port 5070 --rtp-port 30000 --prompt prompts/hold_music.wav --record-dir /tmp/rec
     python bench/bare_pjsua2.py --port 5070 --rtp-port 30000 --workload ivr --prompt-dir /tmp/ivr-prompts
+    python bench/bare_pjsua2.py --port 5070 --rtp-port 30000 --workload b2bua --prompt-dir prompts \
+        --agent-uri sip:agent@127.0.0.1:5080 --record-dir /tmp/rec
 """
 
 from __future__ import annotations
@@ -45,7 +52,9 @@ class BareCall(pj.Call):
         self.server = server
         self.player = None
         self.recorder = None
-        self.am = None  # ivr: the call's audio media, once active
+        self.am = None  # ivr, b2bua: the call's audio media, once active
+        self.peer: BareCall | None = None  # b2bua: the other leg
+        self.agent_side = False  # b2bua: this is the dialled agent leg
 
     # ---- ivr ------------------------------------------------------------------------------
     def play(self, kind: str) -> None:
@@ -68,6 +77,8 @@ class BareCall(pj.Call):
         if player is not self.player:
             return  # stopped before its end of file was handled
         self.stop_player()
+        if self.server.workload == "b2bua":
+            return  # the menu plays once; the digit may still come
         if player.kind == "menu":
             self.server.menu_deadlines[self] = time.monotonic() + IVR_MENU_WAIT_S
         elif player.kind == "branch":
@@ -77,6 +88,11 @@ class BareCall(pj.Call):
 
     def onDtmfDigit(self, prm) -> None:
         try:
+            if self.server.workload == "b2bua":
+                if prm.digit == "1" and self.peer is None and not self.agent_side:
+                    self.stop_player()
+                    self.server.dials.append(self)  # dialled from the loop, not inside a callback
+                return
             if self.am is None or (self.player is not None and self.player.kind != "menu"):
                 return  # the branch and goodbye prompts do not listen for digits (as in the flow)
             self.server.menu_deadlines.pop(self, None)
@@ -96,7 +112,11 @@ class BareCall(pj.Call):
             for mi in ci.media:
                 if mi.type != pj.PJMEDIA_TYPE_AUDIO or mi.status != pj.PJSUA_CALL_MEDIA_ACTIVE:
                     continue
-                if self.server.workload == "ivr":
+                if self.server.workload == "b2bua":
+                    if self.am is None:
+                        self.am = self.getAudioMedia(mi.index)
+                        self.b2bua_media_active(ci)
+                elif self.server.workload == "ivr":
                     if self.am is None:
                         self.am = self.getAudioMedia(mi.index)
                         self.play("menu")
@@ -112,9 +132,37 @@ class BareCall(pj.Call):
         except Exception as exc:
             print(f"media error: {exc}", file=sys.stderr)
 
+    def b2bua_media_active(self, ci) -> None:
+        if not self.agent_side:
+            # The caller: record from answer (as the demo's Recording branch), then the menu.
+            if self.server.record_dir:
+                self.recorder = pj.AudioMediaRecorder()
+                self.recorder.createRecorder(os.path.join(self.server.record_dir, f"{ci.id}-{ci.callIdString[:12]}.wav"))
+                self.am.startTransmit(self.recorder)
+            self.play("menu")
+            return
+        caller = self.peer
+        if caller is None or caller.am is None:
+            return  # the caller hung up while the agent answered: the loop hangs this leg up
+        caller.stop_player()
+        caller.am.startTransmit(self.am)
+        self.am.startTransmit(caller.am)
+        if caller.recorder is not None:
+            self.am.startTransmit(caller.recorder)  # the mix: AudioMediaRecorder is mono
+        self.server.bridged += 1
+
     def onCallState(self, prm) -> None:
         try:
             if self.getInfo().state == pj.PJSIP_INV_STATE_DISCONNECTED:
+                if self.server.workload == "b2bua":
+                    self.stop_player()
+                    if self.peer is not None:
+                        self.server.hangups.append(self.peer)
+                        self.peer.peer = None
+                        self.peer = None
+                    if self.recorder is not None:
+                        self.server.retired.append(self.recorder)
+                        self.recorder = None
                 if self.server.workload == "ivr":
                     self.stop_player()
                     self.server.menu_deadlines.pop(self, None)
@@ -147,6 +195,11 @@ class BareServer:
         self.eofs: list[tuple[BareCall, EofPlayer]] = []  # appended on the clock thread
         self.retired: list[EofPlayer] = []
         self.menu_deadlines: dict[BareCall, float] = {}
+        self.agent_uri = args.agent_uri
+        self.dials: list[BareCall] = []  # b2bua: callers who pressed 1
+        self.hangups: list[BareCall] = []  # b2bua: legs whose peer ended
+        self.agents: list[BareCall] = []  # b2bua: live agent legs (the account owns no outbound call)
+        self.bridged = 0
         self.stop = False
         ep = self.ep = pj.Endpoint()
         ep.libCreate()
@@ -179,6 +232,19 @@ class BareServer:
         self.acc = BareAccount(self)
         self.acc.create(acfg, True)
 
+    def dial_agent(self, caller: BareCall) -> None:
+        """b2bua: call the agent for a caller still on the line; joined once its media is up."""
+        try:
+            if caller not in self.calls.values() or caller.peer is not None:
+                return
+            agent = BareCall(self, self.acc, pj.PJSUA_INVALID_ID)
+            agent.agent_side = True
+            agent.peer, caller.peer = caller, agent
+            self.agents.append(agent)
+            agent.makeCall(self.agent_uri, pj.CallOpParam(True))
+        except pj.Error as exc:
+            print(f"dial error: {exc.info()}", file=sys.stderr)
+
     def run(self) -> None:
         print("bare pjsua2 ready", flush=True)
         while not self.stop:
@@ -192,9 +258,21 @@ class BareServer:
                 for call in [c for c, t in self.menu_deadlines.items() if t <= now]:
                     del self.menu_deadlines[call]
                     call.play("menu")
+            while self.dials:
+                self.dial_agent(self.dials.pop(0))
+            while self.hangups:
+                call = self.hangups.pop(0)
+                try:
+                    call.hangup(pj.CallOpParam())
+                except pj.Error:
+                    pass  # already ending
             while self.finished:
                 call = self.finished.pop()
                 self.calls = {k: v for k, v in self.calls.items() if v is not call}
+                if call in self.agents:
+                    self.agents.remove(call)
+        if self.workload == "b2bua":
+            print(f"bare pjsua2 bridged {self.bridged}", flush=True)
         self.ep.hangupAllCalls()
         for _ in range(100):
             self.ep.libHandleEvents(10)
@@ -203,6 +281,9 @@ class BareServer:
         self.eofs.clear()
         self.retired.clear()
         self.menu_deadlines.clear()
+        self.dials.clear()
+        self.hangups.clear()
+        self.agents.clear()
         self.acc.shutdown()
         self.acc = None
         gc.collect()
@@ -214,15 +295,18 @@ def main() -> int:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--rtp-port", type=int, required=True)
     ap.add_argument("--rtp-count", type=int, default=4000)
-    ap.add_argument("--workload", choices=("plain", "ivr"), default="plain")
+    ap.add_argument("--workload", choices=("plain", "ivr", "b2bua"), default="plain")
     ap.add_argument("--prompt", help="plain: the prompt played into every call")
     ap.add_argument("--prompt-dir", help="ivr: the directory of menu.wav, branch.wav and goodbye.wav")
     ap.add_argument("--record-dir", default="")
+    ap.add_argument("--agent-uri", help="b2bua: where callers who press 1 are connected")
     args = ap.parse_args()
     if args.workload == "plain" and not args.prompt:
         ap.error("--prompt is required for the plain workload")
-    if args.workload == "ivr" and not args.prompt_dir:
-        ap.error("--prompt-dir is required for the ivr workload")
+    if args.workload in ("ivr", "b2bua") and not args.prompt_dir:
+        ap.error(f"--prompt-dir is required for the {args.workload} workload")
+    if args.workload == "b2bua" and not args.agent_uri:
+        ap.error("--agent-uri is required for the b2bua workload")
     if args.record_dir:
         Path(args.record_dir).mkdir(parents=True, exist_ok=True)
     server = BareServer(args)

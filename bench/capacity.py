@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import soundfile as sf
@@ -62,6 +62,31 @@ class Workload:
     # (Hz, minimum seconds) of a tone every server stream must carry: proof that each call
     # really took the path the workload expects, not just that it ended well.
     expected_tone: tuple[float, float] | None = None
+    # Work a step needs beyond the server and its callers (e.g. agents' phones): made fresh for
+    # every step from (system, step directory, concurrency).
+    hooks: Callable[[str, Path, int], "StepHooks"] | None = None
+
+
+class StepHooks:
+    """What a workload adds to one step: extra server settings, peers started once the server is
+    up (before the callers) and stopped after them, and its own verdict on the step's outcome.
+    The default adds nothing."""
+
+    def bare_args(self) -> tuple[str, ...]:
+        return ()
+
+    def softswitch_sections(self) -> dict:
+        return {}
+
+    def start(self, sip_port: int) -> None:
+        """The server is ready at 127.0.0.1:sip_port; the callers have not started."""
+
+    def stop(self) -> None:
+        """The callers are done (the server still runs)."""
+
+    def judge(self, server_output: str) -> tuple[bool, dict]:
+        """After the server stopped: (clean, figures for the report)."""
+        return True, {}
 
 
 def plain_workload(tmp: Path) -> Workload:
@@ -92,6 +117,7 @@ class Step:
     rss_mb: float
     clean: bool
     tone_streams: int | None = None  # streams carrying the workload's expected tone
+    checks: dict | None = None  # the workload's own figures (StepHooks.judge)
 
 
 class CpuSampler:
@@ -144,12 +170,12 @@ def gap_stats(packets: list[Packet], dst_port: int) -> tuple[float, float, int]:
 
 
 class BareServer:
-    def __init__(self, step_dir: Path, workload: Workload) -> None:
+    def __init__(self, step_dir: Path, workload: Workload, extra_args: tuple[str, ...] = ()) -> None:
         self.sip_port = free_port("udp")
         self.proc = subprocess.Popen(
             [sys.executable, str(REPO / "bench" / "bare_pjsua2.py"), "--port", str(self.sip_port),
              "--rtp-port", str(free_port_block(2000)), "--rtp-count", "2000",
-             *(arg.replace("{step}", str(step_dir)) for arg in workload.bare_args)],
+             *(arg.replace("{step}", str(step_dir)) for arg in (*workload.bare_args, *extra_args))],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         ready = threading.Event()
         lines: list[str] = []
@@ -161,6 +187,7 @@ class BareServer:
                     ready.set()
 
         threading.Thread(target=pump, daemon=True).start()
+        self.lines = lines
         if not ready.wait(20):
             self.stop()
             raise RuntimeError("bare pjsua2 did not start:\n" + "".join(lines))
@@ -176,14 +203,16 @@ class BareServer:
 
 def run_step(workload: Workload, system: str, n: int, tmp: Path) -> Step:
     step_dir = Path(tempfile.mkdtemp(prefix=f"{workload.name}-{system}-{n}-", dir=tmp))
+    hooks = workload.hooks(system, step_dir, n) if workload.hooks else StepHooks()
     if system == "bare":
-        server = BareServer(step_dir, workload)
+        server = BareServer(step_dir, workload, hooks.bare_args())
         pid, port = server.proc.pid, server.sip_port
     else:
-        cfg = write_test_config(step_dir, **{**workload.softswitch_sections,
+        sections = {**workload.softswitch_sections, **hooks.softswitch_sections()}
+        cfg = write_test_config(step_dir, **{**sections,
                                              "directories": {"prompts": str(workload.prompts)},
                                              "sip": {"rtp_port_start": free_port_block(2000), "rtp_port_count": 2000},
-                                             "logging": {"level": "warning"}})
+                                             "logging": {"level": "warning", **sections.get("logging", {})}})
         server = ServerProcess(cfg, list(workload.softswitch_args)).start()
         pid, port = server.proc.pid, server.sip_port
     calls = 2 * n
@@ -194,28 +223,35 @@ def run_step(workload: Workload, system: str, n: int, tmp: Path) -> Step:
                variables=workload.variables, keys={"pcap": workload.caller_pcap}, timeout_s=bound, trace_msg=False)
     cpu = CpuSampler(pid)
     try:
-        with LoopbackCapture(f"udp and dst port {uac.media_port}", step_dir / "rtp.pcap",
-                             buffer_kib=65536) as cap:
-            with uac:
-                # Measure CPU over the steady middle: after the ramp, before the drain.
-                time.sleep(call_s)
-                cpu.start()
-                for _ in range(int(call_s)):
-                    time.sleep(1)
-                    cpu.sample_rss()
-                cpu_percent = cpu.stop()
-                result = uac.wait(bound)
+        hooks.start(port)
+        try:
+            with LoopbackCapture(f"udp and dst port {uac.media_port}", step_dir / "rtp.pcap",
+                                 buffer_kib=65536) as cap:
+                with uac:
+                    # Measure CPU over the steady middle: after the ramp, before the drain.
+                    time.sleep(call_s)
+                    cpu.start()
+                    for _ in range(int(call_s)):
+                        time.sleep(1)
+                        cpu.sample_rss()
+                    cpu_percent = cpu.stop()
+                    result = uac.wait(bound)
+        finally:
+            hooks.stop()
         packets = read_pcap(cap.path)  # read once: a step captures up to a million packets
         p99, gmax, streams = gap_stats(packets, uac.media_port)
         toned = tone_streams(packets, uac.media_port, workload.expected_tone) if workload.expected_tone else None
         del packets
     finally:
         server.stop()
+    output = "".join(server.lines) if system == "bare" else server.text()
+    checked, checks = hooks.judge(output)
     # Clean: every call succeeded, every call's RTP was seen, and its pacing held.
     ok = result.failed == 0 and result.successful == calls and streams >= calls and p99 < CLEAN_GAP_P99_MS
-    ok = ok and (toned is None or toned >= calls)
+    ok = ok and (toned is None or toned >= calls) and checked
     return Step(workload.name, system, n, calls, result.successful or 0, result.failed or 0, round(p99, 2),
-                round(gmax, 2), streams, round(cpu_percent, 1), round(cpu.rss_peak, 1), ok, toned)
+                round(gmax, 2), streams, round(cpu_percent, 1), round(cpu.rss_peak, 1), ok, toned,
+                checks if workload.hooks else None)
 
 
 def tone_streams(packets: list[Packet], dst_port: int, expected: tuple[float, float]) -> int:
@@ -256,6 +292,7 @@ def ramp(workload: Workload, steps: list[int], tmp: Path) -> list[Step]:
                   f"{step.failed} failed, RTP gap p99 {step.gap_p99_ms} ms (max {step.gap_max_ms}), "
                   f"{step.streams} streams"
                   + (f" ({step.tone_streams} with the expected tone)" if step.tone_streams is not None else "")
+                  + (f", {step.checks}" if step.checks else "")
                   + f", CPU {step.cpu_percent}% RSS {step.rss_mb} MB "
                   f"-> {'clean' if step.clean else 'NOT clean'}", flush=True)
             if not step.clean:
