@@ -132,7 +132,7 @@ class AiLeg:
         if not self.activated:
             self.activated = True
             self.session.open(agent)
-        else:
+        elif agent.tools or agent.memory:
             self.session.attach(agent)
 
     def _answer(self) -> None:
@@ -209,6 +209,8 @@ class AiLeg:
         self.stats["barge_ins"] += 1
         self._drop_playout()
         self._publish(AiSpeechStarted(self.id))
+        if self.legs.speech_handler is not None:
+            self.legs.speech_handler(self)
 
     def on_turn_complete(self) -> None:
         """The turn's tail: pad the last partial frame so it is played, not held."""
@@ -289,6 +291,8 @@ class AiLegs:
         self.live: dict[str, AiLeg] = {}
         # Set by the flow layer: the model called a tool on a leg with an agent attached.
         self.tool_handler: Callable[[AiLeg, ToolCallRequested], None] | None = None
+        # Set by the flow layer: the caller started speaking (voice-interruptible playbacks stop).
+        self.speech_handler: Callable[[AiLeg], None] | None = None
         self._remove_poller: Callable[[], None] | None = None
 
     def create(self, profile: Profile, start_mode: str = "immediate") -> AiLeg:

@@ -41,7 +41,7 @@ import itertools
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from ..sip.dialer import DialError
 from ..sip.events import LegAnswered, LegDtmf, LegEnded, LegEvent, LegProgress, LegRinging
@@ -439,6 +439,40 @@ class Dials:
             connection, d, on_event=on_event, **options)) for d in self._destinations(destinations)]
         return self._start(plans, "direct", strategy, attempt_timeout_s, gap_s)
 
+    # -- websocket (AI) dials: one attempt, an AiLeg (softswitch/ai); see flow/ai.py --
+    def start_websocket_dial(self, profile: str, params: Mapping[str, Any], *,
+                             start_mode: str = "immediate") -> Dial:
+        """One AI leg on the provider `profile` (openai_realtime, gemini_live, generic), with the
+        node's parameters (instructions, voice, generic URL …). `immediate` connects now and the
+        attempt answers when the provider is ready; `deferred` answers at once and connects on
+        Attach Voice Agent. Raises DialError when the profile cannot be set up (no API key, bad
+        URL, deferred generic)."""
+        from ..ai import ProfileError, make_profile
+        from ..config import MissingSecretError
+
+        ai_legs = getattr(self.engine, "ai_legs", None)
+        if ai_legs is None:
+            raise DialError("AI legs are not available in this server")
+        if start_mode not in ("immediate", "deferred"):
+            raise DialError(f"websocketStartMode {start_mode!r} is not immediate or deferred")
+        if start_mode == "deferred" and profile == "generic":
+            raise DialError("websocketStartMode deferred needs a voice-agent profile (openai_realtime or "
+                            "gemini_live); the generic profile starts immediately")
+        try:
+            prof = make_profile(profile, params, self.engine.ua.config.ai)
+        except (ProfileError, MissingSecretError, ValueError) as exc:
+            raise DialError(str(exc)) from None
+
+        def place(on_event: Callable[[LegEvent], None]) -> "Leg":
+            leg = ai_legs.create(prof, start_mode)
+            leg.subscribe(on_event)
+            leg.start()
+            return leg  # type: ignore[return-value]  # an AiLeg: the Leg interface flows use
+
+        return self._start([AttemptPlan(f"{profile} ({start_mode})", place)], "websocket", "parallel",
+                           DEFAULT_ATTEMPT_TIMEOUT_S, 0.0)
+    # -- end websocket dials --
+
     def start(self, plans: Iterable[AttemptPlan], *, mode: str = "trunk", strategy: str = "parallel",
               attempt_timeout_s: float = DEFAULT_ATTEMPT_TIMEOUT_S, gap_s: float = 0.0) -> Dial:
         """A dial over any attempt plans (tests, future transports)."""
@@ -610,7 +644,8 @@ def _find_dial(engine: "FlowEngine", dial_id: str | None) -> Dial | None:
 def _make(engine: "FlowEngine", a: Activation) -> None:
     mode = a.param("callMode")
     if mode == "websocket":
-        raise NodeFailed("dial.make callMode 'websocket' is not supported yet")
+        _make_websocket(engine, a)
+        return
     if mode not in ("trunk", "extension", "direct"):
         raise NodeFailed(f"dial.make: unknown callMode {mode!r}")
     strategy = str(a.param("callStrategy") or "parallel")
@@ -652,6 +687,19 @@ def _make(engine: "FlowEngine", a: Activation) -> None:
     if leg_id:
         payload["legId"] = leg_id
     a.emit("Result", payload, {"dialId": dial.id, "legId": leg_id})
+
+
+def _make_websocket(engine: "FlowEngine", a: Activation) -> None:
+    """dial.make callMode websocket: one AI leg (§4.1, §6); Result {dialId, legId}."""
+    profile = str(a.param("transportProfile") or "")
+    start_mode = str(a.param("websocketStartMode") or "immediate")
+    params = {**a.options, **a.params}
+    try:
+        dial = engine.dials.start_websocket_dial(profile, params, start_mode=start_mode)  # type: ignore[attr-defined]
+    except DialError as exc:
+        raise NodeFailed(f"dial.make websocket: {exc}") from None
+    leg_id = next(iter(dial.attempts))
+    a.emit("Result", {"dialId": dial.id, "legId": leg_id}, {"dialId": dial.id, "legId": leg_id})
 
 
 def _dial_ids(a: Activation) -> list[str]:

@@ -4,6 +4,9 @@ Options → Request ID, then `json.<kind>RequestId`, then `sipPbx.<kind>RequestI
 
 `respond.toRecord` answers a Recording branch item: `active` false just closes the request;
 true starts the leg's call recording as `recording.start` does.
+
+`respond.toAiTool` answers an AI Tool trigger's Request: its `outputText` is the function's
+result for the model (flow/ai.py).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ if TYPE_CHECKING:
 
 def register(engine: "FlowEngine") -> None:
     engine.runner.register("respond.toRecord", lambda a: _to_record(engine, a))
+    engine.runner.register("respond.toAiTool", lambda a: _to_ai_tool(engine, a))
 
 
 def _to_record(engine: "FlowEngine", a: Activation) -> None:
@@ -38,3 +42,16 @@ def _to_record(engine: "FlowEngine", a: Activation) -> None:
     started = engine.recordings.start(flow_leg, settings)
     payload = {"recordRequestId": request_id, "active": True, "legId": flow_leg.id, "filePath": str(settings.path)}
     recording.emit_started(a, started, payload, sip_pbx)
+
+
+def _to_ai_tool(engine: "FlowEngine", a: Activation) -> None:
+    request_id = resolve_request_id(a.item, "aiTool", a.options)
+    if not request_id:
+        raise NodeFailed("respond.toAiTool has no AI tool request: connect it after an AI Tool trigger's "
+                         "Request branch, or set Options → Request ID")
+    ai = getattr(engine, "ai", None)
+    if ai is None:
+        raise NodeFailed("respond.toAiTool: AI legs are not available in this server")
+    output = a.param("outputText")
+    ai.respond(request_id, "" if output is None else str(output))
+    a.emit("Result", {"aiToolRequestId": request_id}, {"aiToolRequestId": request_id})

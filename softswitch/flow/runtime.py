@@ -100,6 +100,10 @@ class FlowEngine:
         recording.register(self)
         respond.register(self)
         # -- end global call recording --
+        # -- AI: websocket legs (dial.make), ai.* nodes, AI Tool trigger requests (flow/ai.py) --
+        from . import ai
+        ai.register(self)
+        # -- end AI --
 
     # ---- reload (SIGHUP) --------------------------------------------------------------------
     def reload(self, flows: Iterable[Flow]) -> FlowsReloaded:
@@ -212,6 +216,7 @@ class FlowEngine:
     def shutdown(self) -> None:
         self.queues.close()  # first: entries stay stored as they are, for the next start
         self.recordings.shutdown()  # finalize call recordings (daemon_shutdown)
+        self.ai.shutdown()  # AI legs end (daemon_shutdown); their asyncio thread stops  # -- AI --
         for flow_leg in list(self.legs.values()):
             for wait in flow_leg.waits:
                 wait.cancel()
