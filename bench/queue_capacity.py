@@ -100,9 +100,9 @@ class QueueStep(StepHooks):
         self.system, self.step_dir, self.n, self.hold_s = system, step_dir, n, hold_s
         self.agents = [str(1001 + i) for i in range(n)]
         self.uas_port = free_port("both")
-        self.uas = Sipp("uas_answer_pcap", local_port=self.uas_port, calls=1_000_000, variables={"answer_delay_ms": 0},
+        self.uas = Sipp(REPO / "bench" / "sipp" / "uas_agent.xml", local_port=self.uas_port, calls=1_000_000,
                         keys={"pcap": agent_pcap}, timeout_s=3600, trace_msg=False, trace_dir=step_dir / "agents")
-        self.started = 0.0
+        self.agent_counters: dict[str, str] = {}
 
     def bare_args(self) -> tuple[str, ...]:
         return ("--agent-uri", f"sip:agent@127.0.0.1:{self.uas_port}", "--record-dir", str(self.step_dir / "bare-rec"))
@@ -122,10 +122,11 @@ class QueueStep(StepHooks):
         self.uas.start()
 
     def stop(self) -> None:
-        self.uas.stop()
+        self.agent_counters = self.uas.stop().counters
 
     def judge(self, server_output: str) -> tuple[bool, dict]:
         callers = 2 * self.n
+        (self.step_dir / "server.log").write_text(server_output)  # kept with --keep
         errors = len(re.findall(r" ERROR |Traceback", server_output))
         if self.system == "softswitch":
             bridged = len(re.findall(r"^.* bridged leg_\w+ <-> leg_\w+$", server_output, flags=re.M))
@@ -144,6 +145,9 @@ class QueueStep(StepHooks):
                   "wav_bad": bad, "errors_logged": errors}
         if taken is not None:
             checks["taken"] = taken
+        # How many INVITEs the agents' phones got (the demo rings every free agent at once).
+        checks["agent_invites"] = int(self.agent_counters.get("IncomingCall(C)", 0) or 0)
+        checks["agent_calls_failed"] = int(self.agent_counters.get("FailedCall(C)", 0) or 0)
         ok = bridged == callers and len(paths) == callers and not bad and errors == 0
         ok = ok and (taken is None or taken == callers)
         return ok, checks
@@ -194,14 +198,19 @@ def main() -> int:
     ap.add_argument("--steps", default="100,140,180", help="comma-separated pair counts, ascending")
     ap.add_argument("--hold", type=float, default=30.0, help="seconds from the caller's ACK to its BYE (default 30)")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "queue_capacity.json"))
+    ap.add_argument("--keep", action="store_true", help="keep each step's directory (server log, recordings, capture)")
     args = ap.parse_args()
     steps = [int(s) for s in args.steps.split(",")]
     started = time.monotonic()
     before = load_note()
     print(before, flush=True)
-    with tempfile.TemporaryDirectory(prefix="queue-capacity-") as tmp_s:
-        tmp = Path(tmp_s)
+    if args.keep:
+        tmp = Path(tempfile.mkdtemp(prefix="queue-capacity-"))
+        print(f"step directories kept under {tmp}", flush=True)
         results = ramp(queue_workload(tmp, args.hold), steps, tmp)
+    else:
+        with tempfile.TemporaryDirectory(prefix="queue-capacity-") as tmp_s:
+            results = ramp(queue_workload(Path(tmp_s), args.hold), steps, Path(tmp_s))
     after = load_note()
     ratio = report(results, args.json, workload="queue", hold_seconds=args.hold, goal_pairs=GOAL_PAIRS,
                    load_before=before, load_after=after)
