@@ -179,6 +179,7 @@ class Session:
             log.info("%s: connected to %s (%s)", self.leg_id, conn.url.split("?")[0], self.profile.name)
             for message in self.profile.initial_messages(self._agent):
                 self._control.append(json.dumps(message))
+            self._wake.set()  # type: ignore[union-attr]
             sender = asyncio.get_running_loop().create_task(self._send_loop())
             if self.profile.ready_on_open:
                 self._set_ready()
@@ -229,7 +230,8 @@ class Session:
         if self._closed:
             return self._close_reason
         code, text = ws.close_code, ws.close_reason or ""
-        if code == 1011 and "keepalive" in text:
+        sent = getattr(getattr(ws, "protocol", None), "close_sent", None)  # our own close frame, if any
+        if "keepalive" in text or "keepalive" in str(getattr(sent, "reason", "")):
             return "ai_provider_timeout", f"no answer to keepalive pings within {self.timeouts.ping_timeout_s:g} s"
         return "ai_provider_closed", f"socket closed ({code} {text})".strip()
 
