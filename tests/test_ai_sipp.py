@@ -1,0 +1,146 @@
+"""AI voice legs end to end: a SIPp caller sending 440 Hz, a softswitch server, and a local fake
+provider (tests/support/fake_ai.py) that speaks OpenAI Realtime, Gemini Live or a generic echo
+protocol. The provider's audio is a 700 Hz tone, so whatever reaches the caller's RTP with 700 Hz
+came from the AI leg."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+
+from tests.support.actors import register_phone, uac_call, uac_until_bye, uas_answer
+from tests.support.audio import dominant_frequency, tone, ulaw_decode
+from tests.support.capture import LoopbackCapture
+from tests.support.fake_ai import FakeProvider
+from tests.support.pcap import write_rtp_pcap
+from tests.support.ports import free_port
+from tests.support.server import REPO
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.sipp
+
+FLOWS = REPO / "flows"
+STEP_2 = FLOWS / "part-1-step-2-trunk-to-queue-with-ai-offline.yaml"
+ASSEMBLED = FLOWS / "part-3-step-4-routing-queue-ai-recording-tools-callback.yaml"
+CALLER, AGENT, AI = 440, 1000, 700
+KEY_ENV = "SOFTSWITCH_TEST_AI_KEY"
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def caller_pcap(tmp_path: Path, seconds: float, digits=()) -> Path:
+    path = tmp_path / "caller-input.pcap"
+    write_rtp_pcap(path, tone(CALLER, seconds), dtmf=[(d, at, 200) for d, at in digits])
+    return path
+
+
+def start(server_factory, monkeypatch, flow: Path, **providers: str):
+    """A server running `flow`, with `providers` (profile → ws URL) and a test API key."""
+    monkeypatch.setenv(KEY_ENV, "sk-test-key")
+    ai = {"providers": {name: {"url": url, "api_key_env": KEY_ENV} for name, url in providers.items()}}
+    return server_factory(flows=[str(flow)], ai=ai, logging={"level": "debug", "pjsip_level": 1})
+
+
+def write_flow(tmp_path: Path, doc: dict) -> Path:
+    path = tmp_path / f"{doc['name']}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def packets_to(cap: LoopbackCapture, port: int) -> list:
+    streams = [s for s in cap.streams().values() if s.dst[1] == port]
+    return sorted((p for s in streams for p in s.audio_packets()), key=lambda p: p.arrival)
+
+
+def ai_packets(packets: list) -> list:
+    """Packets whose 20 ms carry mostly the AI's 700 Hz."""
+    freqs = np.fft.rfftfreq(160, 1 / 8000)
+    band = (freqs >= 600) & (freqs <= 800)
+    out = []
+    for p in packets:
+        x = ulaw_decode(p.payload).astype(np.float64)
+        if x.size != 160 or np.sqrt(np.mean(x * x)) < 300:
+            continue
+        spec = np.abs(np.fft.rfft(x * np.hanning(x.size))) ** 2
+        if spec[band].sum() > 0.6 * spec.sum():
+            out.append(p)
+    return out
+
+
+def decoded(cap: LoopbackCapture, port: int) -> np.ndarray:
+    streams = [s for s in cap.streams().values() if s.dst[1] == port]
+    return np.concatenate([s.audio() for s in streams]) if streams else np.zeros(0, np.int16)
+
+
+def heard(audio: np.ndarray, freq: float, window: int = 4000) -> bool:
+    return any(abs(dominant_frequency(audio[i:i + window], 8000) - freq) < 8
+               for i in range(0, max(1, len(audio) - window), window // 2))
+
+
+def ran(server, node: str) -> int:
+    return len(re.findall(rf": node {re.escape(node)} \(", server.text()))
+
+
+def no_errors(server) -> None:
+    text = server.text()
+    assert "Traceback" not in text and " ERROR " not in text, text[-5000:]
+
+
+def wait_input_audio(fake: FakeProvider, samples: int, timeout: float = 20) -> np.ndarray:
+    wait_for(lambda: len(fake.input_audio()) >= samples, timeout, f"{samples} samples of caller audio at the provider")
+    return fake.input_audio()
+
+
+# ---- part 1 step 2: offline → AI (immediate) -------------------------------------------------------
+def test_step2_offline_caller_is_handed_to_openai_which_hears_440hz_at_24khz_and_is_heard(
+        server_factory, monkeypatch, tmp_path):
+    with FakeProvider("openai") as fake:
+        server = start(server_factory, monkeypatch, STEP_2, openai_realtime=fake.url)
+        caller = uac_call(f"127.0.0.1:{server.sip_port}", caller_pcap(tmp_path, 14, [("1", 1.0)]),
+                          caller="5551234", hold_ms=12000, timeout_s=40)
+        with LoopbackCapture(f"udp and dst port {caller.media_port}", tmp_path / "to-caller.pcap") as cap:
+            with caller:
+                assert fake.wait_for(lambda m: m.get("type") == "session.update", 20), server.text()[-4000:]
+                up = wait_input_audio(fake, 24000)
+                fake.send_audio(tone(AI, 2.0, rate=24000))
+                result = caller.wait(40)
+    assert result.ok, str(result)
+    session = fake.of_type("session.update")[0]["session"]
+    assert session["audio"]["input"]["format"]["rate"] == 24000
+    assert "no agent is available" in session["instructions"]
+    assert fake.request_headers["authorization"] == "Bearer sk-test-key"
+    appended = fake.of_type("input_audio_buffer.append")
+    assert appended and appended[0]["_t"] >= fake.of_type("session.update")[0]["_t"]
+    assert abs(dominant_frequency(up[-24000:], 24000) - CALLER) < 5, "the provider did not get the caller's 440 Hz"
+    got = ai_packets(packets_to(cap, caller.media_port))
+    assert len(got) >= 50, f"only {len(got)} packets of AI audio reached the caller"  # ≥ 1 s of the 2 s
+    assert ran(server, "dial_ai") == 1 and ran(server, "bridge_ai") == 1
+    wait_for(fake.closed.is_set, 10, "the AI session to close after the caller hung up")
+    no_errors(server)
+
+
+def test_step2_speech_started_drops_ai_audio_not_yet_played_at_once(server_factory, monkeypatch, tmp_path):
+    with FakeProvider("openai") as fake:
+        server = start(server_factory, monkeypatch, STEP_2, openai_realtime=fake.url)
+        caller = uac_call(f"127.0.0.1:{server.sip_port}", caller_pcap(tmp_path, 16, [("1", 1.0)]),
+                          caller="5551234", hold_ms=14000, timeout_s=40)
+        with LoopbackCapture(f"udp and dst port {caller.media_port}", tmp_path / "to-caller.pcap") as cap:
+            with caller:
+                wait_input_audio(fake, 24000)
+                fake.send_audio(tone(AI, 8.0, rate=24000))  # 8 s of speech, sent in well under a second
+                time.sleep(2.0)
+                barge_in = fake.speech_started()
+                result = caller.wait(40)
+    assert result.ok, str(result)
+    got = ai_packets(packets_to(cap, caller.media_port))
+    before = [p for p in got if p.arrival < barge_in]
+    after = [p for p in got if p.arrival >= barge_in]
+    assert len(before) >= 50, f"only {len(before)} packets of AI audio before the barge-in"
+    # At most the port's queue (80 ms) and a loop turn may still play after the barge-in.
+    assert len(after) <= 10, f"{len(after)} packets (20 ms each) of AI audio after speech_started"
+    no_errors(server)
