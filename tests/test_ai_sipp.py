@@ -144,3 +144,67 @@ def test_step2_speech_started_drops_ai_audio_not_yet_played_at_once(server_facto
     # At most the port's queue (80 ms) and a loop turn may still play after the barge-in.
     assert len(after) <= 10, f"{len(after)} packets (20 ms each) of AI audio after speech_started"
     no_errors(server)
+
+
+# ---- the assembled demo: assistant with tools, transfer to the queue, recording -----------------------
+def agent_phone(server, tmp_path: Path, extension: str = "1001"):
+    """An agent's phone: REGISTER with digest, then answer one call with 1 kHz."""
+    port = free_port("both")
+    result = register_phone(f"127.0.0.1:{server.sip_port}", extension, port)
+    assert result.ok, str(result)
+    pcap = tmp_path / f"agent{extension}-input.pcap"
+    write_rtp_pcap(pcap, tone(AGENT, 60))
+    return uas_answer(pcap, local_port=port, calls=1, timeout_s=90, trace_dir=tmp_path / f"agent-{extension}")
+
+
+def test_assembled_assistant_answers_lookup_order_then_transfer_puts_the_caller_in_queue_support(
+        server_factory, monkeypatch, tmp_path):
+    with FakeProvider("openai") as fake:
+        server = start(server_factory, monkeypatch, ASSEMBLED, openai_realtime=fake.url)
+        phone = agent_phone(server, tmp_path)
+        caller = uac_call(f"127.0.0.1:{server.sip_port}", caller_pcap(tmp_path, 24, [("3", 1.0)]),
+                          caller="5551234", hold_ms=22000, timeout_s=60)
+        with phone, LoopbackCapture(f"udp and dst port {phone.media_port}", tmp_path / "to-agent.pcap") as cap:
+            with caller:
+                update = fake.wait_for(lambda m: m.get("type") == "session.update", 20)
+                assert update is not None, server.text()[-4000:]
+                wait_input_audio(fake, 24000)
+                fake.send_audio(tone(AI, 2.0, rate=24000))
+                time.sleep(2.5)
+                asked = time.time()
+                fake.call_tool("lookup_order", {"orderId": "42"}, "call_lookup")
+                output = fake.wait_for(lambda m: m.get("type") == "conversation.item.create"
+                                       and m["item"]["call_id"] == "call_lookup", 10)
+                assert output is not None, server.text()[-4000:]
+                fake.call_tool("transfer_to_agent", {}, "call_transfer")
+                wait_for(fake.closed.is_set, 10, "the AI leg to end after transfer_to_agent")
+                caller_result = caller.wait(60)
+            phone_result = phone.wait(30)
+    assert caller_result.ok, str(caller_result)
+    assert phone_result.ok, str(phone_result)
+    tools = {t["name"]: t for t in update["session"]["tools"]}
+    assert set(tools) == {"lookup_order", "transfer_to_agent"}
+    assert tools["lookup_order"]["parameters"]["required"] == ["orderId"]
+    assert "delivery status" in tools["lookup_order"]["description"]
+    # The tool's result reached the provider as function_call_output, well within the 5 s timeout.
+    assert output["item"] == {"type": "function_call_output", "call_id": "call_lookup",
+                              "output": "Order 42 has shipped and arrives tomorrow."}
+    assert output["_t"] - asked < 5.0
+    assert fake.messages(lambda m: m.get("type") == "response.create" and m["_t"] >= output["_t"])
+    # transfer_to_agent: acknowledged, the AI leg hung up, the caller queued and bridged to the agent.
+    acks = [m for m in fake.of_type("conversation.item.create") if m["item"]["call_id"] == "call_transfer"]
+    assert acks and acks[0]["item"]["output"] == "Transferring you to an agent now."
+    assert ran(server, "hangup_ai") == 1 and ran(server, "put_transferred") == 1
+    assert ran(server, "bridge_agent") == 1
+    assert re.search(r"node attach_agent \(ai\.attachVoiceAgent\)", server.text())
+    assert heard(decoded(cap, phone.media_port), CALLER), "the agent never heard the caller"
+    # The call's recording: split stereo, the caller on channel 1, the AI (then the agent) on channel 2.
+    server.stop()
+    wavs = sorted((tmp_path / "recordings").glob("leg_*.wav"))
+    assert len(wavs) == 1, wavs
+    audio, rate = sf.read(wavs[0], dtype="int16")
+    assert rate == 8000 and audio.ndim == 2 and audio.shape[1] == 2
+    assert heard(audio[:, 0], CALLER), "channel 1 does not carry the caller"
+    assert heard(audio[:, 1], AI), "channel 2 does not carry the AI's audio"
+    assert heard(audio[:, 1], AGENT), "channel 2 does not carry the agent after the transfer"
+    no_errors(server)
