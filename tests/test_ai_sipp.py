@@ -5,6 +5,7 @@ came from the AI leg."""
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from pathlib import Path
@@ -207,4 +208,122 @@ def test_assembled_assistant_answers_lookup_order_then_transfer_puts_the_caller_
     assert heard(audio[:, 0], CALLER), "channel 1 does not carry the caller"
     assert heard(audio[:, 1], AI), "channel 2 does not carry the AI's audio"
     assert heard(audio[:, 1], AGENT), "channel 2 does not carry the agent after the transfer"
+    no_errors(server)
+
+
+# ---- Gemini Live with a tool; generic echo ---------------------------------------------------------
+def gemini_flow(tmp_path: Path) -> Path:
+    return write_flow(tmp_path, {
+        "name": "ai-gemini-tool",
+        "triggers": [
+            {"name": "trunk_main", "trigger": "trunk", "params": {"ref": "trunk_main"}, "next": {"Call": "answer"}},
+            {"name": "tool_weather", "trigger": "aiTool", "params": {"ref": "weather"},
+             "next": {"Request": "answer_weather"}},
+        ],
+        "nodes": [
+            {"name": "answer", "op": "call.answer", "next": {"Result": "dial_ai"}},
+            {"name": "dial_ai", "op": "dial.make",
+             "params": {"callMode": "websocket", "transportProfile": "gemini_live", "websocketStartMode": "deferred",
+                        "options": {"geminiLiveInstructions": "You tell the weather."}},
+             "next": {"Result": "bridge_ai"}},
+            {"name": "bridge_ai", "op": "call.bridge",
+             "params": {"legAId": "{{ $('answer').item.json.legId }}", "legBId": "{{ $json.legId }}"},
+             "next": {"Success": "attach"}},
+            {"name": "attach", "op": "ai.attachVoiceAgent",
+             "params": {"options": {"legId": "{{ $('dial_ai').item.json.legId }}"}},
+             "tools": ["get weather"], "next": {"Result": "hangup_caller"}},
+            {"name": "get weather", "op": "ai.invokeAiTool",
+             "params": {"ref": "weather", "aiToolDescription": "The weather in a city.",
+                        "aiToolParams": [{"name": "city", "type": "string", "description": "City", "required": True}],
+                        "aiFlowParams": [{"name": "caller", "value": "{{ $('answer').item.json.legId }}"}]}},
+            {"name": "answer_weather", "op": "respond.toAiTool",
+             "params": {"outputText": '{"city": "{{ $json.toolParams.city }}", "caller": "{{ $json.flowParams.caller }}",'
+                                      ' "peer": "{{ $json.peerLegId }}", "forecast": "sunny"}'}},
+            {"name": "hangup_caller", "op": "call.hangup",
+             "params": {"options": {"legId": "{{ $('answer').item.json.legId }}"}}},
+        ],
+    })
+
+
+def test_gemini_live_session_with_a_tool_answered_by_the_flow_then_provider_close_ends_the_call(
+        server_factory, monkeypatch, tmp_path):
+    with FakeProvider("gemini") as fake:
+        server = start(server_factory, monkeypatch, gemini_flow(tmp_path), gemini_live=fake.url)
+        caller = uac_until_bye(f"127.0.0.1:{server.sip_port}", caller_pcap(tmp_path, 20), caller="5551234",
+                               bye_timeout_ms=30000, timeout_s=60)
+        with LoopbackCapture(f"udp and dst port {caller.media_port}", tmp_path / "to-caller.pcap") as cap:
+            with caller:
+                setup = fake.wait_for(lambda m: "setup" in m, 20)
+                assert setup is not None, server.text()[-4000:]
+                up = wait_input_audio(fake, 16000)
+                fake.send_audio(tone(AI, 1.5, rate=24000))
+                fake.turn_complete()
+                time.sleep(2.0)
+                fake.call_tool("get_weather", {"city": "Paris"}, "fc_weather")
+                reply = fake.wait_for(lambda m: "toolResponse" in m, 10)
+                assert reply is not None, server.text()[-4000:]
+                fake.close()  # the provider ends the session: the AI leg ends, the flow hangs up the caller
+                result = caller.wait(60)
+    assert result.ok, str(result)  # the caller got our BYE
+    decl = setup["setup"]["tools"][0]["functionDeclarations"][0]
+    assert decl["name"] == "get_weather"  # the node name, space replaced
+    assert decl["parameters"] == {"type": "object", "properties": {"city": {"type": "string", "description": "City"}},
+                                  "required": ["city"]}
+    assert setup["setup"]["systemInstruction"]["parts"][0]["text"] == "You tell the weather."
+    assert fake.request_headers["x-goog-api-key"] == "sk-test-key"
+    chunk = fake.messages(lambda m: "realtimeInput" in m)[0]["realtimeInput"]["audio"]
+    assert chunk["mimeType"] == "audio/pcm;rate=16000"
+    assert abs(dominant_frequency(up[-16000:], 16000) - CALLER) < 5
+    response = reply["toolResponse"]["functionResponses"][0]
+    assert response["id"] == "fc_weather" and response["response"]["city"] == "Paris"
+    caller_leg = response["response"]["caller"]
+    assert caller_leg.startswith("leg_") and response["response"]["peer"] == caller_leg
+    assert len(ai_packets(packets_to(cap, caller.media_port))) >= 50
+    assert re.search(r"AI leg ended: ai_provider_closed", server.text())
+    assert ran(server, "hangup_caller") == 1
+    no_errors(server)
+
+
+def test_generic_websocket_echo_returns_the_callers_own_audio(server_factory, monkeypatch, tmp_path):
+    with FakeProvider("echo") as fake:
+        flow = write_flow(tmp_path, {
+            "name": "ai-generic-echo",
+            "triggers": [{"name": "trunk_main", "trigger": "trunk", "params": {"ref": "trunk_main"},
+                          "next": {"Call": "answer"}}],
+            "nodes": [
+                {"name": "answer", "op": "call.answer", "next": {"Result": "dial_echo"}},
+                {"name": "dial_echo", "op": "dial.make",
+                 "params": {"callMode": "websocket", "transportProfile": "generic", "websocketUrl": fake.url,
+                            "options": {"websocketInitialMessagesJson": '[{"type": "hello", "who": "softswitch"}]',
+                                        "websocketHeadersJson": '{"X-Tenant": "shop"}'}},
+                 "next": {"Result": "bridge_echo"}},
+                {"name": "bridge_echo", "op": "call.bridge",
+                 "params": {"legAId": "{{ $('answer').item.json.legId }}", "legBId": "{{ $json.legId }}"},
+                 "next": {"Success": "hold"}},
+                # An answered AI leg stays up until it ends (§1.5): hang it up with the caller.
+                {"name": "hold", "op": "call.wait",
+                 "params": {"timeoutSeconds": 3600,
+                            "legIds": ["{{ $('answer').item.json.legId }}", "{{ $('dial_echo').item.json.legId }}"],
+                            "options": {"interruptReasons": ["call_bridge_removed_peer_ended"]}},
+                 "next": {"Interrupted": "hangup_survivor", "Ended": "hangup_survivor_of_end"}},
+                {"name": "hangup_survivor", "op": "call.hangup"},
+                {"name": "hangup_survivor_of_end", "op": "call.hangup",
+                 "params": {"options": {"legId": "{{ $('dial_echo').item.json.legId }}"}}},
+            ],
+        })
+        server = start(server_factory, monkeypatch, flow)
+        caller = uac_call(f"127.0.0.1:{server.sip_port}", caller_pcap(tmp_path, 8), caller="5551234",
+                          hold_ms=6000, timeout_s=30)
+        with LoopbackCapture(f"udp and dst port {caller.media_port}", tmp_path / "to-caller.pcap") as cap:
+            with caller:
+                result = caller.wait(30)
+        assert result.ok, str(result)
+        wait_for(fake.closed.is_set, 10, "the echo session to close after the caller hung up")
+    hello = fake.messages(lambda m: m.get("type") == "hello")
+    assert hello and hello[0]["who"] == "softswitch" and fake.request_headers["x-tenant"] == "shop"
+    assert abs(dominant_frequency(fake.input_audio()[-48000:], 48000) - CALLER) < 5  # 48 kHz up
+    assert heard(decoded(cap, caller.media_port), CALLER), "the caller did not hear its own audio echoed"
+    # Caller audio leaves as it arrives, 20 ms (960 samples at 48 kHz) per message, not in bursts.
+    sizes = sorted(len(base64.b64decode(m["audio"])) // 2 for m in fake.of_type("input_audio"))
+    assert sizes[len(sizes) // 2] <= 2 * 960, f"median chunk {sizes[len(sizes) // 2]} samples"
     no_errors(server)

@@ -12,8 +12,9 @@ bounded here:
   `ping_timeout`) and by a send that does not finish within `SEND_TIMEOUT_S`; the session then
   ends with reason `ai_provider_timeout`, and the leg ends with it.
 
-Resampling (soxr) runs here, never on the UA thread: caller audio from the bridge's 8 kHz to the
-profile's input rate, provider audio from its rate to 8 kHz.
+Resampling runs here, never on the UA thread: caller audio from the bridge's 8 kHz to the
+profile's input rate, provider audio from its rate to 8 kHz (`resample.StreamResampler`: a
+polyphase FIR that returns each 20 ms chunk at once; soxr's stream would hold output back).
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import numpy as np
-import soxr
 
 from .base import (AgentConfig, AudioOut, Profile, ProfileError, ProviderError, Ready, SpeechStarted,
                    ToolCallRequested, TurnComplete)
+from .resample import StreamResampler
 
 log = logging.getLogger("softswitch.ai")
 
@@ -129,8 +130,8 @@ class Session:
         self._audio: deque[str] = deque(maxlen=AUDIO_QUEUE_FRAMES)
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._up: soxr.ResampleStream | None = None
-        self._down: soxr.ResampleStream | None = None
+        self._up: StreamResampler | None = None
+        self._down: StreamResampler | None = None
         self._down_rate = 0
         self._agent: AgentConfig | None = None
         self.audio_dropped = 0  # caller frames dropped because the socket was slow
@@ -249,7 +250,7 @@ class Session:
                 self.post(self.sink.on_speech_started)
             elif isinstance(event, TurnComplete):
                 if self._down is not None:
-                    tail = self._down.resample_chunk(np.zeros(0, dtype=np.int16), last=True)
+                    tail = self._down.flush()
                     self._down = None
                     if tail.size:
                         self.post(self.sink.on_audio, tail)
@@ -281,9 +282,9 @@ class Session:
         if event.rate == BRIDGE_RATE:
             return samples
         if self._down is None or self._down_rate != event.rate:
-            self._down = soxr.ResampleStream(event.rate, BRIDGE_RATE, 1, dtype="int16", quality="HQ")
+            self._down = StreamResampler(event.rate, BRIDGE_RATE)
             self._down_rate = event.rate
-        return self._down.resample_chunk(samples)
+        return self._down.process(samples)
 
     def _audio_in(self, pcm: bytes) -> None:
         if not self._ready or self._closed or self._ws is None:
@@ -291,8 +292,8 @@ class Session:
         samples = np.frombuffer(pcm, dtype=np.int16)
         if self.profile.input_rate != BRIDGE_RATE:
             if self._up is None:
-                self._up = soxr.ResampleStream(BRIDGE_RATE, self.profile.input_rate, 1, dtype="int16", quality="HQ")
-            samples = self._up.resample_chunk(samples)
+                self._up = StreamResampler(BRIDGE_RATE, self.profile.input_rate)
+            samples = self._up.process(samples)
         if not samples.size:
             return
         if len(self._audio) == self._audio.maxlen:

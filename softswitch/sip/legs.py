@@ -131,6 +131,8 @@ class Leg:
     def answer(self) -> None:
         if self.direction != "inbound" or self.answered or self.ended:
             return
+        if self.call.getInfo().state >= pj.PJSIP_INV_STATE_CONNECTING:
+            return  # our 200 is sent already (the leg is ANSWERED at the ACK); a second one is refused
         self.call.answer(_op(200))
 
     def hangup(self, code: int = 200, reason: str = "hangup") -> None:
