@@ -327,3 +327,55 @@ def test_generic_websocket_echo_returns_the_callers_own_audio(server_factory, mo
     sizes = sorted(len(base64.b64decode(m["audio"])) // 2 for m in fake.of_type("input_audio"))
     assert sizes[len(sizes) // 2] <= 2 * 960, f"median chunk {sizes[len(sizes) // 2]} samples"
     no_errors(server)
+
+
+# ---- a provider that stops answering ----------------------------------------------------------------
+def test_a_provider_that_stops_answering_ends_the_ai_leg_while_the_callers_audio_clock_keeps_running(
+        server_factory, monkeypatch, tmp_path):
+    with FakeProvider("openai") as fake:
+        flow = write_flow(tmp_path, {
+            "name": "ai-hung-provider",
+            "triggers": [{"name": "trunk_main", "trigger": "trunk", "params": {"ref": "trunk_main"},
+                          "next": {"Call": "answer"}}],
+            "nodes": [
+                {"name": "answer", "op": "call.answer", "next": {"Result": "dial_ai"}},
+                {"name": "dial_ai", "op": "dial.make",
+                 "params": {"callMode": "websocket", "transportProfile": "openai_realtime"},
+                 "next": {"Result": "bridge_ai"}},
+                {"name": "bridge_ai", "op": "call.bridge",
+                 "params": {"legAId": "{{ $('answer').item.json.legId }}", "legBId": "{{ $json.legId }}"},
+                 "next": {"Success": "attach"}},
+                {"name": "attach", "op": "ai.attachVoiceAgent",
+                 "params": {"options": {"legId": "{{ $('dial_ai').item.json.legId }}"}},
+                 "next": {"Result": "play_goodbye"}},
+                {"name": "play_goodbye", "op": "media.playAudio",
+                 "params": {"sourceType": "file", "filePath": "goodbye.wav",
+                            "options": {"legId": "{{ $('answer').item.json.legId }}"}},
+                 "next": {"Completed": "hangup", "Interrupted": "hangup"}},
+                {"name": "hangup", "op": "call.hangup",
+                 "params": {"options": {"legId": "{{ $('answer').item.json.legId }}"}}},
+            ],
+        })
+        server = start(server_factory, monkeypatch, flow, openai_realtime=fake.url)
+        caller = uac_until_bye(f"127.0.0.1:{server.sip_port}", caller_pcap(tmp_path, 40), caller="5551234",
+                               bye_timeout_ms=40000, timeout_s=60)
+        with LoopbackCapture(f"udp and dst port {caller.media_port}", tmp_path / "to-caller.pcap") as cap:
+            with caller:
+                wait_input_audio(fake, 24000)
+                fake.send_audio(tone(AI, 1.0, rate=24000))
+                time.sleep(1.5)
+                fake.hang()
+                hung = time.time()
+                wait_for(lambda: "AI leg ended" in server.text(), 25, "the AI leg to end")
+                ended = time.time()
+                result = caller.wait(60)
+    assert result.ok, str(result)  # the flow went on: goodbye, then our BYE
+    assert re.search(r"AI leg ended: ai_provider_timeout", server.text()), server.text()[-3000:]
+    assert ended - hung < 15, f"the AI leg ended {ended - hung:.1f} s after the provider stopped answering"
+    assert ran(server, "play_goodbye") == 1 and ran(server, "hangup") == 1
+    # While the provider was silent, the caller's RTP kept its 20 ms clock (50 packets a second).
+    arrivals = np.array([p.arrival for p in packets_to(cap, caller.media_port)])
+    for start_s in np.arange(hung, ended - 1.0, 1.0):
+        count = int(np.sum((arrivals >= start_s) & (arrivals < start_s + 1.0)))
+        assert count >= 45, f"{count} packets in the second from {start_s - hung:.0f} s after the hang"
+    no_errors(server)
