@@ -121,7 +121,8 @@ def test_step2_offline_caller_is_handed_to_openai_which_hears_440hz_at_24khz_and
     got = ai_packets(packets_to(cap, caller.media_port))
     assert len(got) >= 50, f"only {len(got)} packets of AI audio reached the caller"  # ≥ 1 s of the 2 s
     assert ran(server, "dial_ai") == 1 and ran(server, "bridge_ai") == 1
-    wait_for(fake.closed.is_set, 10, "the AI session to close after the caller hung up")
+    # (The AI leg outlives the caller here: answered outbound legs stay up until they end (§1.5),
+    # and this flow does not hang it up when the caller leaves.)
     no_errors(server)
 
 
@@ -378,4 +379,46 @@ def test_a_provider_that_stops_answering_ends_the_ai_leg_while_the_callers_audio
     for start_s in np.arange(hung, ended - 1.0, 1.0):
         count = int(np.sum((arrivals >= start_s) & (arrivals < start_s + 1.0)))
         assert count >= 45, f"{count} packets in the second from {start_s - hung:.0f} s after the hang"
+    no_errors(server)
+
+
+# ---- speech started counts as voice for the caller's playbacks (§5.2) ----------------------------------
+def test_provider_speech_started_interrupts_a_voice_interruptible_playback_on_the_bridged_caller(
+        server_factory, monkeypatch, tmp_path):
+    with FakeProvider("openai") as fake:
+        flow = write_flow(tmp_path, {
+            "name": "ai-speech-started",
+            "triggers": [{"name": "trunk_main", "trigger": "trunk", "params": {"ref": "trunk_main"},
+                          "next": {"Call": "answer"}}],
+            "nodes": [
+                {"name": "answer", "op": "call.answer", "next": {"Result": "dial_ai"}},
+                {"name": "dial_ai", "op": "dial.make",
+                 "params": {"callMode": "websocket", "transportProfile": "openai_realtime"},
+                 "next": {"Result": "bridge_ai"}},
+                {"name": "bridge_ai", "op": "call.bridge",
+                 "params": {"legAId": "{{ $('answer').item.json.legId }}", "legBId": "{{ $json.legId }}"},
+                 "next": {"Success": "music"}},
+                # A silent caller cannot stop this by its own voice: only the provider's speech_started can.
+                {"name": "music", "op": "media.playAudio",
+                 "params": {"sourceType": "file", "filePath": "hold_music.wav", "interruptOn": ["voice"],
+                            "options": {"legId": "{{ $('answer').item.json.legId }}"}},
+                 "next": {"Interrupted": "hangup", "Completed": "hangup"}},
+                {"name": "hangup", "op": "call.hangup",
+                 "params": {"options": {"legId": "{{ $('answer').item.json.legId }}"}}},
+            ],
+        })
+        server = start(server_factory, monkeypatch, flow, openai_realtime=fake.url)
+        silent = tmp_path / "caller-silent.pcap"
+        write_rtp_pcap(silent, np.zeros(8000 * 30, dtype=np.int16))
+        caller = uac_until_bye(f"127.0.0.1:{server.sip_port}", silent, caller="5551234", bye_timeout_ms=30000,
+                               timeout_s=45)
+        with caller:
+            wait_input_audio(fake, 24000)
+            time.sleep(1.0)
+            assert "media_voice" not in server.text()
+            fake.speech_started()
+            wait_for(lambda: "interrupted (media_voice)" in server.text(), 10, "the playback to end by voice")
+            result = caller.wait(45)
+    assert result.ok, str(result)
+    assert ran(server, "hangup") == 1
     no_errors(server)
