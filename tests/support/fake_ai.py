@@ -24,11 +24,13 @@ RATES = {"openai": (24000, 24000), "gemini": (16000, 24000), "echo": (48000, 480
 
 
 class FakeProvider:
-    def __init__(self, kind: str = "openai", *, ready: bool = True) -> None:
+    def __init__(self, kind: str = "openai", *, ready: bool = True, echo: bool = False) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind {kind!r} is not one of {KINDS}")
         self.kind = kind
         self.ready = ready  # answer the handshake message
+        self.echo = echo or kind == "echo"  # send every chunk of caller audio straight back (latency)
+        self.record = True  # keep what is received (off for long benchmarks)
         self.input_rate, self.output_rate = RATES[kind]
         self.received: list[dict] = []
         self.request_headers: dict[str, str] = {}
@@ -36,6 +38,7 @@ class FakeProvider:
         self.connections = 0
         self.closed = threading.Event()  # the current connection ended
         self.hung = False
+        self.handler_error: BaseException | None = None
         self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -118,13 +121,14 @@ class FakeProvider:
         try:
             async for raw in ws:
                 message = json.loads(raw)
-                with self._lock:
-                    self.received.append({**message, "_t": time.time()})
+                if self.record:
+                    with self._lock:
+                        self.received.append({**message, "_t": time.time()})
                 if self.hung:
                     continue
                 await self._react(ws, message)
-        except Exception:
-            pass
+        except Exception as exc:  # the test sees it in `handler_error`
+            self.handler_error = exc
         finally:
             self.closed.set()
 
@@ -133,8 +137,18 @@ class FakeProvider:
             await ws.send(json.dumps({"type": "session.updated", "session": message.get("session", {})}))
         elif self.kind == "gemini" and "setup" in message and self.ready:
             await ws.send(json.dumps({"setupComplete": {}}))
-        elif self.kind == "echo" and message.get("type") == "input_audio":
+        elif self.echo:
+            await self._echo(ws, message)
+
+    async def _echo(self, ws: Any, message: dict) -> None:
+        if self.kind == "echo" and message.get("type") == "input_audio":
             await ws.send(json.dumps({"type": "audio_output", "audio": message.get("audio", "")}))
+        elif self.kind == "openai" and message.get("type") == "input_audio_buffer.append":
+            await ws.send(json.dumps({"type": "response.output_audio.delta", "delta": message.get("audio", "")}))
+        elif self.kind == "gemini" and "realtimeInput" in message:
+            data = message["realtimeInput"].get("audio", {}).get("data", "")
+            await ws.send(json.dumps({"serverContent": {"modelTurn": {"parts": [
+                {"inlineData": {"mimeType": f"audio/pcm;rate={self.input_rate}", "data": data}}]}}}))
 
     # ---- acting as the model (any thread) ----------------------------------------------------------
     def _run(self, coro_fn: Callable[[], Any], timeout: float = 5.0) -> Any:
