@@ -9,7 +9,6 @@ the test runs a copy of the flow with only those numbers shortened, and says so.
 
 from __future__ import annotations
 
-import ast
 import re
 import subprocess
 import sys
@@ -20,10 +19,11 @@ import pytest
 import soundfile as sf
 import yaml
 
-from tests.support.actors import register_phone, uac_call, uac_until_bye, uas_answer, uas_no_answer, uas_reject
-from tests.support.audio import dominant_frequency, tone
+from tests.support.actors import uac_call, uac_until_bye, uas_answer, uas_no_answer, uas_reject
+from tests.support import callcentre
+from tests.support.callcentre import no_errors, pcap_of, queue_events, ran
+from tests.support.audio import dominant_frequency
 from tests.support.capture import LoopbackCapture
-from tests.support.pcap import write_rtp_pcap
 from tests.support.ports import free_port, free_port_block
 from tests.support.server import REPO, ServerProcess
 from tests.support.waiting import wait_for
@@ -38,10 +38,10 @@ CALLER, AGENT, CUSTOMER = 440, 1000, 660
 
 # ---- actors and evidence ---------------------------------------------------------------------
 
-def pcap_of(tmp_path: Path, name: str, freq: float, seconds: float, dtmf=()) -> Path:
-    path = tmp_path / f"{name}.pcap"
-    write_rtp_pcap(path, tone(freq, seconds), dtmf=list(dtmf))
-    return path
+def agent(*args, **kw):
+    """An agent phone (tests/support/callcentre.py) that stays up long enough for these rows."""
+    kw.setdefault("timeout_s", 90)
+    return callcentre.agent(*args, **kw)
 
 
 def press(digit: str, at: float) -> tuple[str, float, int]:
@@ -69,34 +69,6 @@ def start(server_factory, flow: Path, customer_port: int | None = None):
         sections["connections"] = {"provider": {"sip_server": "127.0.0.1", "port": customer_port, "register": False}}
         sections["trunks"] = {"trunk_main": {"address": "127.0.0.1", "port": 0, "connection": "provider"}}
     return server_factory(**sections)
-
-
-def agent(server, tmp_path: Path, extension: str = "1001", *, answer: bool = True, calls: int = 1,
-          timeout_s: float = 90, **kw):
-    """An agent's phone: REGISTER with digest, then answer with 1 kHz (or ring forever)."""
-    port = free_port("both")
-    result = register_phone(f"127.0.0.1:{server.sip_port}", extension, port)
-    assert result.ok, str(result)
-    trace = tmp_path / f"agent-{extension}-{port}"
-    if answer:
-        return uas_answer(pcap_of(tmp_path, f"agent{extension}", AGENT, 60), local_port=port, calls=calls,
-                          timeout_s=timeout_s, trace_dir=trace, **kw)
-    return uas_no_answer(local_port=port, calls=calls, timeout_s=timeout_s, trace_dir=trace, **kw)
-
-
-def queue_events(server, branch: str | None = None) -> list[tuple[str, dict]]:
-    found = re.findall(r"queue (queue_\w+): (Placed|Dispatch|Offline) (\{.*\})$", server.text(), flags=re.M)
-    return [(b, ast.literal_eval(p)) for _, b, p in found if branch is None or b == branch]
-
-
-def ran(server, node: str) -> int:
-    """How many times the flow ran a node (the engine's debug line)."""
-    return len(re.findall(rf": node {re.escape(node)} \(", server.text()))
-
-
-def no_errors(server) -> None:
-    text = server.text()
-    assert "Traceback" not in text and " ERROR " not in text, text[-5000:]
 
 
 def heard(audio: np.ndarray, freq: float, window: int = 4000) -> bool:

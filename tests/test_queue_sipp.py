@@ -4,19 +4,16 @@ callback survives a restart of the server process."""
 
 from __future__ import annotations
 
-import ast
-import re
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.support.actors import register_phone, uac_call, uac_until_bye, uas_answer, uas_no_answer
-from tests.support.audio import dominant_frequency, tone
+from tests.support.actors import uac_call, uac_until_bye
+from tests.support.callcentre import agent, log_time, no_errors, pcap_of, queue_events
+from tests.support.audio import dominant_frequency
 from tests.support.capture import LoopbackCapture
-from tests.support.pcap import write_rtp_pcap
-from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.sipp
@@ -107,44 +104,6 @@ def start(server_factory, tmp_path: Path, *, extensions: str = "1001", retries: 
     flow = tmp_path / "queue-flow.yaml"
     flow.write_text(FLOW.format(extensions=extensions, retries=retries, pause=pause, dial_timeout=dial_timeout))
     return server_factory(flows=[str(flow)], logging={"level": "debug", "pjsip_level": 1})
-
-
-def queue_events(server, branch: str | None = None) -> list[tuple[str, dict]]:
-    """The Queue trigger emissions the server logged, in order, as (branch, payload)."""
-    found = re.findall(r"queue queue_support: (Placed|Dispatch|Offline) (\{.*\})$", server.text(), flags=re.M)
-    events = [(b, ast.literal_eval(p)) for b, p in found]
-    return [e for e in events if branch is None or e[0] == branch]
-
-
-def pcap_of(tmp_path: Path, name: str, freq: float, seconds: float, dtmf=()) -> Path:
-    path = tmp_path / f"{name}.pcap"
-    write_rtp_pcap(path, tone(freq, seconds), dtmf=list(dtmf))
-    return path
-
-
-def agent(server, tmp_path: Path, extension: str = "1001", *, answer: bool = True, calls: int = 1, **kw):
-    """An agent's phone: REGISTER with digest, then answer (1 kHz) or ring forever on that port."""
-    port = free_port("both")
-    result = register_phone(f"127.0.0.1:{server.sip_port}", extension, port)
-    assert result.ok, str(result)
-    trace = tmp_path / f"agent-{extension}-{port}"
-    if answer:
-        return uas_answer(pcap_of(tmp_path, f"agent{extension}", 1000, 30), local_port=port, calls=calls,
-                          timeout_s=kw.pop("timeout_s", 60), trace_dir=trace, **kw)
-    return uas_no_answer(local_port=port, calls=calls, timeout_s=kw.pop("timeout_s", 60), trace_dir=trace, **kw)
-
-
-def log_time(text: str, needle: str, nth: int = 0) -> float:
-    """When the `nth` server log line containing `needle` was written (seconds of the day)."""
-    lines = [line for line in text.splitlines() if needle in line]
-    clock = re.search(r"\d{2}:\d{2}:\d{2}\.\d{3}", lines[nth]).group(0)
-    h, m, sec = clock.split(":")
-    return int(h) * 3600 + int(m) * 60 + float(sec)
-
-
-def no_errors(server) -> None:
-    text = server.text()
-    assert "Traceback" not in text and " ERROR " not in text, text[-4000:]
 
 
 def test_a_free_agent_is_dispatched_without_placed_and_both_tones_cross(server_factory, tmp_path):
