@@ -30,7 +30,6 @@ import argparse
 import os
 import re
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -183,14 +182,9 @@ def queue_workload(tmp: Path, hold_s: float) -> Workload:
 
 
 def load_note() -> str:
-    """The load average and the busiest processes right now (top's second sample: the first
-    is an average since boot): a shared machine shows here."""
+    """The load average: a shared machine shows here (say what else ran in the write-up)."""
     one, five, fifteen = os.getloadavg()
-    out = subprocess.run(["top", "-b", "-n", "2", "-d", "1", "-w", "200"], capture_output=True, text=True).stdout
-    last = out.split("\n\n\n")[-1] if "\n\n\n" in out else out
-    rows = [line.split() for line in last.splitlines() if line.strip()[:1].isdigit()]
-    busiest = [f"{r[-1]} {r[8]}%" for r in rows[:5] if len(r) >= 12]
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}; busiest now: " + ", ".join(busiest)
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def main() -> int:
