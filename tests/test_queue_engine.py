@@ -481,3 +481,29 @@ def test_a_closed_engine_ignores_late_events(world):
     world.finish(world.dialer.last(), answered=True)
     with pytest.raises(QueueError, match="shut down"):
         world.put("leg_b")
+
+
+def test_one_evaluation_pass_asks_about_each_operator_once_however_many_callers_wait(world):
+    """Dispatch stays linear: waiting callers share one availability answer per operator."""
+    extensions = tuple(str(1001 + i) for i in range(50))
+    world.triggers.queues[(SCOPE, "support")] = extensions
+    world.operators.state = {x: "busy" for x in extensions}
+    for n in range(40):
+        world.put(f"leg_{n}", number=f"555{n:04d}")
+    world.run()
+    asked: dict[str, int] = {}
+    online, free = world.operators.online, world.operators.free
+
+    def count(kind, fn):
+        def wrapper(extension):
+            asked[kind] = asked.get(kind, 0) + 1
+            return fn(extension)
+        return wrapper
+
+    world.operators.online, world.operators.free = count("online", online), count("free", free)
+    world.operators.state["1050"] = "free"
+    world.engine._evaluate_soon()
+    world.run()
+    assert asked == {"online": 50, "free": 50}
+    dispatches = world.sink.of(QueueDispatch)
+    assert len(dispatches) == 1 and dispatches[0].leg_id == "leg_0"  # the head of the queue, once

@@ -116,6 +116,7 @@ class QueueEngine:
         self._stats: dict[tuple[str, str], CompletionStats] = {}
         self._retry_timers: dict[str, TimerHandle] = {}
         self._pass: TimerHandle | None = None
+        self._pass_view: _PassView | None = None
         self._recovered: set[str] = set()
         self._grace_until = 0.0
         self._waiting_for_trigger: set[str] = set()
@@ -310,17 +311,21 @@ class QueueEngine:
 
     def _evaluate(self) -> None:
         now = self.wall()
-        for entry in sorted(self._entries.values(), key=_order):
-            if self.closed:
-                return
-            if entry.ended or entry.dispatching or entry.id not in self._entries:
-                continue
-            if entry.retry_not_before > now:
-                timer = self._retry_timers.get(entry.id)
-                if timer is None or not timer.active:  # the wall clock lagged the timer: look again
-                    self._arm_retry(entry)
-                continue
-            self._branch(entry, now)
+        self._pass_view = _PassView(self.operators)
+        try:
+            for entry in sorted(self._entries.values(), key=_order):
+                if self.closed:
+                    return
+                if entry.ended or entry.dispatching or entry.id not in self._entries:
+                    continue
+                if entry.retry_not_before > now:
+                    timer = self._retry_timers.get(entry.id)
+                    if timer is None or not timer.active:  # the wall clock lagged the timer: look again
+                        self._arm_retry(entry)
+                    continue
+                self._branch(entry, now)
+        finally:
+            self._pass_view = None
 
     def _branch(self, entry: QueueEntry, now: float) -> None:
         configured = self.triggers.extensions_of(entry.scope, entry.ref)
@@ -330,15 +335,18 @@ class QueueEngine:
                 log.warning("queue %s entry %s waits: no active queue trigger %r in flow %r",
                             entry.ref, entry.id, entry.ref, entry.scope)
             return
-        online = [x for x in _unique(configured) if self.operators.online(x)]
+        view = self._pass_view or _PassView(self.operators)
+        online = view.online(configured)
         if not online:
             if entry.id in self._recovered and now < self._grace_until:
                 return  # after a restart, phones have not registered again yet
             self._offline(entry, "queue_offline")
             return
-        reserved = {x for e in self._entries.values() if e.dispatching and e.scope == entry.scope
-                    for x in e.reserved_extensions}
-        available = tuple(x for x in online if x not in reserved and self.operators.free(x))
+        if entry.scope not in view.reserved:
+            view.reserved[entry.scope] = {x for e in self._entries.values() if e.dispatching and e.scope == entry.scope
+                                          for x in e.reserved_extensions}
+        reserved = view.reserved[entry.scope]
+        available = tuple(x for x in online if x not in reserved and view.free(x))
         if not available:
             self._maybe_placed(entry)
             return
@@ -347,6 +355,7 @@ class QueueEngine:
             self._maybe_placed(entry)  # nobody could be rung after all: wait for the next change
             return
         entry.to_dispatching(dial_id, available)
+        reserved.update(available)
         self._recovered.discard(entry.id)
         leg_id = entry.leg_id if entry.live else None
         log.info("queue %s entry %s: dispatching %s to %s (dial %s)", entry.ref, entry.id, entry.mode.value,
@@ -451,3 +460,34 @@ def _unique(values: Iterable[str]) -> list[str]:
         if value:
             seen.setdefault(value, None)
     return list(seen)
+
+
+class _PassView:
+    """Operator availability for one evaluation pass over the queue order.
+
+    Every waiting entry of a queue asks about the same operators; asking the registrar once per
+    operator per pass (not once per operator per entry) keeps a pass linear in entries plus
+    operators. Extensions reserved by a dispatch made in this pass are added as it goes."""
+
+    def __init__(self, operators: Operators) -> None:
+        self.operators = operators
+        self._online: dict[str, bool] = {}
+        self._free: dict[str, bool] = {}
+        self._lists: dict[tuple[str, ...], list[str]] = {}
+        self.reserved: dict[str, set[str]] = {}
+
+    def online(self, configured: tuple[str, ...] | list[str]) -> list[str]:
+        key = tuple(configured)
+        if key not in self._lists:
+            self._lists[key] = [x for x in _unique(configured) if self._is_online(x)]
+        return self._lists[key]
+
+    def _is_online(self, extension: str) -> bool:
+        if extension not in self._online:
+            self._online[extension] = self.operators.online(extension)
+        return self._online[extension]
+
+    def free(self, extension: str) -> bool:
+        if extension not in self._free:
+            self._free[extension] = self.operators.free(extension)
+        return self._free[extension]

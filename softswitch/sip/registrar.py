@@ -125,6 +125,12 @@ class Registrar:
         self._native = native.Registrar(config.registrar.realm)
         self._listeners: list[Callable[[RegistrationEvent], None]] = []
         self._route_tokens: dict[str, str] = {}
+        # Bindings as last read from the native table, and by extension. Queues ask "is X online,
+        # is X free" for every operator on every availability change: copying the whole table
+        # for each question made dispatch O(operators x bindings). Every change to the table
+        # comes with a registration event (or an expiry sweep), which drops the snapshot.
+        self._snapshot: list[Binding] | None = None
+        self._by_extension: dict[str, list[Binding]] | None = None
         self.apply_config(config)
         self._sweep = ua.timers.schedule(EXPIRY_SWEEP_SECONDS, self._expire, "registrar-expiry")
 
@@ -143,6 +149,7 @@ class Registrar:
         users += [(t.username, t.password, t.name, DYNAMIC_TRUNK_GROUP + t.name)
                   for t in config.trunks.values() if t.mode == "dynamic"]
         self._native.set_users(users)
+        self._bindings_changed()
         self._native.set_refused_user_agents(list(config.security.refused_user_agents))
         self._trunk_rows = []
         self._trunk_codecs: dict[str, str | None] = {}
@@ -166,10 +173,24 @@ class Registrar:
 
     # ---- questions --------------------------------------------------------------------------
     def bindings(self, username: str | None = None) -> list[Binding]:
-        return [Binding.from_native(d) for d in self._native.bindings(username)]
+        if username is not None:
+            return [Binding.from_native(d) for d in self._native.bindings(username)]
+        if self._snapshot is None:
+            self._snapshot = [Binding.from_native(d) for d in self._native.bindings(None)]
+        return list(self._snapshot)
 
     def bindings_for_extension(self, extension: str) -> list[Binding]:
-        return [b for b in self.bindings() if b.extension == extension and not b.group.startswith(DYNAMIC_TRUNK_GROUP)]
+        if self._by_extension is None:
+            index: dict[str, list[Binding]] = {}
+            for b in self.bindings():
+                if not b.group.startswith(DYNAMIC_TRUNK_GROUP):
+                    index.setdefault(b.extension, []).append(b)
+            self._by_extension = index
+        return list(self._by_extension.get(extension, ()))
+
+    def _bindings_changed(self) -> None:
+        self._snapshot = None
+        self._by_extension = None
 
     def dynamic_trunk_binding(self, trunk_ref: str) -> Binding | None:
         found = [b for b in self.bindings() if b.group == DYNAMIC_TRUNK_GROUP + trunk_ref]
@@ -201,6 +222,8 @@ class Registrar:
     def poll(self) -> None:
         """Drain the native event queue (called by the UA loop every turn)."""
         events = self._native.poll_events()
+        if any(kind != "security" for kind, _ in events):
+            self._bindings_changed()
         for kind, data in events:
             if kind == "security":
                 ev = SecurityEvent(**data)
@@ -220,6 +243,7 @@ class Registrar:
 
     def _expire(self) -> None:
         self._native.expire()
+        self._bindings_changed()
         self._sweep = self.ua.timers.schedule(EXPIRY_SWEEP_SECONDS, self._expire, "registrar-expiry")
 
     def close(self) -> None:
