@@ -36,6 +36,7 @@ class StreamResampler:
             h = _lowpass(taps, 0.45 / self.up) * self.up
             # phase p of the output uses taps p, p+L, p+2L … against the input history
             self._phases = [h[p::self.up][::-1].copy() for p in range(self.up)]
+            self._bank = np.stack(self._phases, axis=1)  # (taps per phase, phases)
             self._hist = np.zeros(TAPS_PER_PHASE - 1, dtype=np.float64)
         elif self.down > 1:
             taps = TAPS_PER_PHASE * self.down
@@ -54,15 +55,15 @@ class StreamResampler:
             return self._soxr.resample_chunk(x)
         xx = np.concatenate([self._hist, x.astype(np.float64)])
         if self.up > 1:
-            out = np.empty(x.size * self.up, dtype=np.float64)
-            for p, taps in enumerate(self._phases):
-                # np.convolve flips its second argument: the reversed taps make a correlation
-                out[p::self.up] = np.convolve(xx, taps[::-1], mode="valid")[:x.size]
+            # one matrix product: every input position's window against every phase's taps
+            windows = np.lib.stride_tricks.sliding_window_view(xx, TAPS_PER_PHASE)[:x.size]
+            out = (windows @ self._bank).ravel()
             self._hist = xx[-(TAPS_PER_PHASE - 1):]
         else:
-            filtered = np.convolve(xx, self._h[::-1], mode="valid")  # one value per input sample
-            out = filtered[self._skip::self.down]
-            consumed = filtered.size - self._skip
+            # only the kept outputs: the windows that end on every down-th input sample
+            windows = np.lib.stride_tricks.sliding_window_view(xx, self._h.size)
+            out = windows[self._skip::self.down] @ self._h
+            consumed = windows.shape[0] - self._skip
             self._skip = (-consumed) % self.down
             self._hist = xx[-(self._h.size - 1):]
         return np.clip(np.rint(out), -32768, 32767).astype(np.int16)

@@ -361,7 +361,8 @@ class Session:
             while (self._control or self._audio) and not self._closed:
                 text = self._control.popleft() if self._control else self._audio.popleft()
                 try:
-                    await asyncio.wait_for(ws.send(text), SEND_TIMEOUT_S)
+                    async with asyncio.timeout(SEND_TIMEOUT_S):  # no task per send, unlike wait_for
+                        await ws.send(text)
                 except (asyncio.TimeoutError, TimeoutError):
                     self._close_reason = ("ai_provider_timeout",
                                           f"the provider did not take our data within {SEND_TIMEOUT_S:g} s")

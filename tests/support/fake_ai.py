@@ -31,6 +31,8 @@ class FakeProvider:
         self.ready = ready  # answer the handshake message
         self.echo = echo or kind == "echo"  # send every chunk of caller audio straight back (latency)
         self.record = True  # keep what is received (off for long benchmarks)
+        self.echo_batch = 1  # echo every n chunks as one message (benchmarks: fewer, larger deltas)
+        self._echo_buf: dict[int, list[str]] = {}
         self.input_rate, self.output_rate = RATES[kind]
         self.received: list[dict] = []
         self.request_headers: dict[str, str] = {}
@@ -144,7 +146,13 @@ class FakeProvider:
         if self.kind == "echo" and message.get("type") == "input_audio":
             await ws.send(json.dumps({"type": "audio_output", "audio": message.get("audio", "")}))
         elif self.kind == "openai" and message.get("type") == "input_audio_buffer.append":
-            await ws.send(json.dumps({"type": "response.output_audio.delta", "delta": message.get("audio", "")}))
+            buf = self._echo_buf.setdefault(id(ws), [])
+            buf.append(message.get("audio", ""))
+            if len(buf) >= self.echo_batch:
+                pcm = b"".join(base64.b64decode(c) for c in buf)
+                buf.clear()
+                await ws.send(json.dumps({"type": "response.output_audio.delta",
+                                          "delta": base64.b64encode(pcm).decode()}))
         elif self.kind == "gemini" and "realtimeInput" in message:
             data = message["realtimeInput"].get("audio", {}).get("data", "")
             await ws.send(json.dumps({"serverContent": {"modelTurn": {"parts": [
