@@ -25,7 +25,7 @@ import numpy as np
 
 from ..media.frameport import FramePort
 from ..sip.events import LegAnswered, LegEnded, LegEvent, LegMediaActive
-from ..sip.legs import LegStatus
+from ..sip.legs import LegBase, LegStatus
 from .base import AgentConfig, Profile, ToolCallRequested
 from .session import AiLoop, Session, Timeouts
 
@@ -52,7 +52,7 @@ class AiToolCall(LegEvent):
     call: ToolCallRequested
 
 
-class AiLeg:
+class AiLeg(LegBase):
     """One WebSocket leg (UA thread only, except the session it owns)."""
 
     direction = "outbound"
@@ -91,24 +91,8 @@ class AiLeg:
 
     # ---- facts (as Leg) ---------------------------------------------------------------------
     @property
-    def answered(self) -> bool:
-        return self.status in (LegStatus.ANSWERED, LegStatus.QUEUED)
-
-    @property
-    def ended(self) -> bool:
-        return self.status is LegStatus.ENDED
-
-    @property
     def caller_number(self) -> str:
         return ""
-
-    def subscribe(self, listener: Callable[[LegEvent], None]) -> Callable[[], None]:
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
-
-    def _publish(self, event: LegEvent) -> None:
-        for listener in list(self._listeners):
-            self.ua.guard(f"listener of {type(event).__name__}", listener, event)
 
     # ---- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:

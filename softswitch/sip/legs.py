@@ -53,7 +53,32 @@ def parse_party(uri: str) -> tuple[str, str]:
     return m.group("user") or "", (m.group("name") or "").strip()
 
 
-class Leg:
+class LegBase:
+    """What every leg flows act on shares, SIP or WebSocket: a status and typed events.
+    Subclasses set `ua`, `status` and `_listeners`."""
+
+    ua: "UserAgent"
+    status: LegStatus
+    _listeners: list[Callable[[LegEvent], None]]
+
+    @property
+    def answered(self) -> bool:
+        return self.status in (LegStatus.ANSWERED, LegStatus.QUEUED)
+
+    @property
+    def ended(self) -> bool:
+        return self.status is LegStatus.ENDED
+
+    def subscribe(self, listener: Callable[[LegEvent], None]) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def _publish(self, event: LegEvent) -> None:
+        for listener in list(self._listeners):
+            self.ua.guard(f"listener of {type(event).__name__}", listener, event)
+
+
+class Leg(LegBase):
     def __init__(self, ua: "UserAgent", call: "SipCall", direction: str) -> None:
         self.ua = ua
         self.id = ua.new_leg_id()
@@ -77,26 +102,10 @@ class Leg:
 
     # ---- facts --------------------------------------------------------------------------
     @property
-    def answered(self) -> bool:
-        return self.status in (LegStatus.ANSWERED, LegStatus.QUEUED)
-
-    @property
-    def ended(self) -> bool:
-        return self.status is LegStatus.ENDED
-
-    @property
     def caller_number(self) -> str:
         return parse_party(self.remote_uri if self.direction == "inbound" else self.local_uri)[0]
 
     # ---- events -------------------------------------------------------------------------
-    def subscribe(self, listener: Callable[[LegEvent], None]) -> Callable[[], None]:
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
-
-    def _publish(self, event: LegEvent) -> None:
-        for listener in list(self._listeners):
-            self.ua.guard(f"listener of {type(event).__name__}", listener, event)
-
     def _enter(self, status: LegStatus) -> bool:
         if status is self.status:
             return False
