@@ -21,7 +21,7 @@ import yaml
 
 from tests.support.actors import uac_call, uac_until_bye, uas_answer, uas_no_answer, uas_reject
 from tests.support import callcentre
-from tests.support.callcentre import no_errors, pcap_of, queue_events, ran
+from tests.support.callcentre import log_time, no_errors, pcap_of, queue_events, ran
 from tests.support.audio import dominant_frequency
 from tests.support.capture import LoopbackCapture
 from tests.support.ports import free_port, free_port_block
@@ -134,24 +134,13 @@ def test_step1_all_agents_busy_caller_hears_music_and_position_every_30s_then_is
     assert [b for b, _ in queue_events(server)] == ["Dispatch", "Placed", "Dispatch"]
     # The first caller heard one position prompt before its dispatch; the second heard two, a
     # 30 s wait (plus the prompts) apart.
-    times = [float(t) for t in re.findall(r"(\d+\.\d+) .*: node play_stat \(", _stamped(server))]
+    times = [log_time(server.text(), ": node play_stat (", nth=n) for n in range(ran(server, "play_stat"))]
     assert len(times) == 3 and 30 <= times[2] - times[1] <= 40, times
     audio = received(cap, second.media_port)
     music = tone_frames(audio, (261.63, 329.63, 392.0, 523.25))
     assert music > 20, "no hold music reached the waiting caller"
     assert heard(audio[-5 * 8000:], AGENT), "the second caller was not bridged to the agent"
     no_errors(server)
-
-
-def _stamped(server) -> str:
-    """The log with each line's clock time turned into seconds (for spacing checks)."""
-    out = []
-    for line in server.text().splitlines():
-        m = re.search(r"(\d{2}):(\d{2}):(\d{2}\.\d{3})", line)
-        if m:
-            h, mi, s = m.groups()
-            out.append(f"{int(h) * 3600 + int(mi) * 60 + float(s):.3f} {line}")
-    return "\n".join(out)
 
 
 def tone_frames(audio: np.ndarray, freqs: tuple[float, ...], window: int = 1600) -> int:

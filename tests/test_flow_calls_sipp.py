@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.callcentre import log_time
 from tests.support.pcap import write_rtp_pcap
 from tests.support.sipp import Sipp
 
@@ -214,13 +215,7 @@ def test_menu_rules_interdigit_and_fallback_on_real_calls(server_factory, tmp_pa
     assert server.wait_for_log(f"node {node} ")
     assert sum("node bye_" in line for line in server.text().splitlines()) == 1
     # Elapsed counts from SIPp's start (INVITE, answer, pcap start): the branch timing is in the log.
-    answered = _log_time(server.text(), "node menu ")
-    taken = _log_time(server.text(), f"node {node} ")
+    answered = log_time(server.text(), "node menu ")
+    taken = log_time(server.text(), f"node {node} ")
     assert at_least - 0.5 <= taken - answered <= at_most, (taken - answered)
 
-
-def _log_time(text: str, needle: str) -> float:
-    import re
-    line = next(line for line in text.splitlines() if needle in line)
-    h, m, s = re.search(r"(\d{2}):(\d{2}):(\d{2}\.\d{3})", line).groups()
-    return int(h) * 3600 + int(m) * 60 + float(s)
