@@ -15,12 +15,12 @@ import pytest
 import soundfile as sf
 import yaml
 
-from tests.support.actors import register_phone, uac_call, uac_until_bye, uas_answer
+from tests.support.actors import uac_call, uac_until_bye
 from tests.support.audio import dominant_frequency, tone, ulaw_decode
+from tests.support.callcentre import agent, heard, no_errors, ran, received
 from tests.support.capture import LoopbackCapture
 from tests.support.fake_ai import FakeProvider
 from tests.support.pcap import write_rtp_pcap
-from tests.support.ports import free_port
 from tests.support.server import REPO
 from tests.support.waiting import wait_for
 
@@ -71,25 +71,6 @@ def ai_packets(packets: list) -> list:
         if spec[band].sum() > 0.6 * spec.sum():
             out.append(p)
     return out
-
-
-def decoded(cap: LoopbackCapture, port: int) -> np.ndarray:
-    streams = [s for s in cap.streams().values() if s.dst[1] == port]
-    return np.concatenate([s.audio() for s in streams]) if streams else np.zeros(0, np.int16)
-
-
-def heard(audio: np.ndarray, freq: float, window: int = 4000) -> bool:
-    return any(abs(dominant_frequency(audio[i:i + window], 8000) - freq) < 8
-               for i in range(0, max(1, len(audio) - window), window // 2))
-
-
-def ran(server, node: str) -> int:
-    return len(re.findall(rf": node {re.escape(node)} \(", server.text()))
-
-
-def no_errors(server) -> None:
-    text = server.text()
-    assert "Traceback" not in text and " ERROR " not in text, text[-5000:]
 
 
 def wait_input_audio(fake: FakeProvider, samples: int, timeout: float = 20) -> np.ndarray:
@@ -149,21 +130,11 @@ def test_step2_speech_started_drops_ai_audio_not_yet_played_at_once(server_facto
 
 
 # ---- the assembled demo: assistant with tools, transfer to the queue, recording -----------------------
-def agent_phone(server, tmp_path: Path, extension: str = "1001"):
-    """An agent's phone: REGISTER with digest, then answer one call with 1 kHz."""
-    port = free_port("both")
-    result = register_phone(f"127.0.0.1:{server.sip_port}", extension, port)
-    assert result.ok, str(result)
-    pcap = tmp_path / f"agent{extension}-input.pcap"
-    write_rtp_pcap(pcap, tone(AGENT, 60))
-    return uas_answer(pcap, local_port=port, calls=1, timeout_s=90, trace_dir=tmp_path / f"agent-{extension}")
-
-
 def test_assembled_assistant_answers_lookup_order_then_transfer_puts_the_caller_in_queue_support(
         server_factory, monkeypatch, tmp_path):
     with FakeProvider("openai") as fake:
         server = start(server_factory, monkeypatch, ASSEMBLED, openai_realtime=fake.url)
-        phone = agent_phone(server, tmp_path)
+        phone = agent(server, tmp_path, timeout_s=90)
         caller = uac_call(f"127.0.0.1:{server.sip_port}", caller_pcap(tmp_path, 24, [("3", 1.0)]),
                           caller="5551234", hold_ms=22000, timeout_s=60)
         with phone, LoopbackCapture(f"udp and dst port {phone.media_port}", tmp_path / "to-agent.pcap") as cap:
@@ -199,7 +170,7 @@ def test_assembled_assistant_answers_lookup_order_then_transfer_puts_the_caller_
     assert ran(server, "hangup_ai") == 1 and ran(server, "put_transferred") == 1
     assert ran(server, "bridge_agent") == 1
     assert re.search(r"node attach_agent \(ai\.attachVoiceAgent\)", server.text())
-    assert heard(decoded(cap, phone.media_port), CALLER), "the agent never heard the caller"
+    assert heard(received(cap, phone.media_port), CALLER), "the agent never heard the caller"
     # The call's recording: split stereo, the caller on channel 1, the AI (then the agent) on channel 2.
     server.stop()
     wavs = sorted((tmp_path / "recordings").glob("leg_*.wav"))
@@ -323,7 +294,7 @@ def test_generic_websocket_echo_returns_the_callers_own_audio(server_factory, mo
     hello = fake.messages(lambda m: m.get("type") == "hello")
     assert hello and hello[0]["who"] == "softswitch" and fake.request_headers["x-tenant"] == "shop"
     assert abs(dominant_frequency(fake.input_audio()[-48000:], 48000) - CALLER) < 5  # 48 kHz up
-    assert heard(decoded(cap, caller.media_port), CALLER), "the caller did not hear its own audio echoed"
+    assert heard(received(cap, caller.media_port), CALLER), "the caller did not hear its own audio echoed"
     # Caller audio leaves as it arrives, 20 ms (960 samples at 48 kHz) per message, not in bursts.
     sizes = sorted(len(base64.b64decode(m["audio"])) // 2 for m in fake.of_type("input_audio"))
     assert sizes[len(sizes) // 2] <= 2 * 960, f"median chunk {sizes[len(sizes) // 2]} samples"

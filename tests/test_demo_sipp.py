@@ -21,7 +21,7 @@ import yaml
 
 from tests.support.actors import uac_call, uac_until_bye, uas_answer, uas_no_answer, uas_reject
 from tests.support import callcentre
-from tests.support.callcentre import log_time, no_errors, pcap_of, queue_events, ran
+from tests.support.callcentre import heard, log_time, no_errors, pcap_of, queue_events, ran, received
 from tests.support.audio import dominant_frequency
 from tests.support.capture import LoopbackCapture
 from tests.support.ports import free_port, free_port_block
@@ -69,16 +69,6 @@ def start(server_factory, flow: Path, customer_port: int | None = None):
         sections["connections"] = {"provider": {"sip_server": "127.0.0.1", "port": customer_port, "register": False}}
         sections["trunks"] = {"trunk_main": {"address": "127.0.0.1", "port": 0, "connection": "provider"}}
     return server_factory(**sections)
-
-
-def heard(audio: np.ndarray, freq: float, window: int = 4000) -> bool:
-    return any(abs(dominant_frequency(audio[i:i + window], 8000) - freq) < 8
-               for i in range(0, max(1, len(audio) - window), window // 2))
-
-
-def received(cap: LoopbackCapture, port: int) -> np.ndarray:
-    streams = [s for s in cap.streams().values() if s.dst[1] == port]
-    return np.concatenate([s.audio() for s in streams]) if streams else np.zeros(0, np.int16)
 
 
 def live_legs_at_end(server) -> int:

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.audio import decode_dtmf, dominant_frequency, rms, tone
+from tests.support.callcentre import pcap_of
+from tests.support.audio import decode_dtmf, dominant_frequency, rms
 from tests.support.capture import LoopbackCapture
 from tests.support.pcap import RtpStream, write_rtp_pcap
 from tests.support.sipp import Sipp
@@ -31,12 +32,6 @@ def start(server_factory, tmp_path: Path, text: str, uas: Sipp):
     return server_factory(flows=[str(flow)], logging={"level": "debug", "pjsip_level": 1},
                           connections={"uas": {"sip_server": "127.0.0.1", "port": uas.local_port}},
                           trunks={"trunk_main": {"address": "127.0.0.1", "port": 0, "connection": "uas"}})
-
-
-def pcap_of(tmp_path: Path, name: str, freq: float, seconds: float, dtmf=()) -> Path:
-    path = tmp_path / f"{name}.pcap"
-    write_rtp_pcap(path, tone(freq, seconds), dtmf=list(dtmf))
-    return path
 
 
 def stream_to(cap: LoopbackCapture, port: int) -> RtpStream:

@@ -8,8 +8,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tests.support.actors import register_phone, uas_answer, uas_no_answer
-from tests.support.audio import tone
+from tests.support.audio import dominant_frequency, tone
 from tests.support.pcap import write_rtp_pcap
 from tests.support.ports import free_port
 
@@ -35,6 +37,18 @@ def agent(server, tmp_path: Path, extension: str = "1001", *, answer: bool = Tru
         return uas_answer(pcap_of(tmp_path, f"agent{extension}", AGENT_HZ, seconds), local_port=port, calls=calls,
                           timeout_s=timeout_s, trace_dir=trace, **kw)
     return uas_no_answer(local_port=port, calls=calls, timeout_s=timeout_s, trace_dir=trace, **kw)
+
+
+def received(cap, port: int) -> np.ndarray:
+    """Every RTP stream a LoopbackCapture saw towards `port`, decoded and joined."""
+    streams = [s for s in cap.streams().values() if s.dst[1] == port]
+    return np.concatenate([s.audio() for s in streams]) if streams else np.zeros(0, np.int16)
+
+
+def heard(audio: np.ndarray, freq: float, window: int = 4000) -> bool:
+    """Whether some half-second window of `audio` is dominated by `freq`."""
+    return any(abs(dominant_frequency(audio[i:i + window], 8000) - freq) < 8
+               for i in range(0, max(1, len(audio) - window), window // 2))
 
 
 def queue_events(server, branch: str | None = None, ref: str = r"queue_\w+") -> list[tuple[str, dict]]:
