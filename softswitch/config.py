@@ -322,8 +322,22 @@ class MetricsConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class Limits:
-    max_concurrent_calls: int = _setting(0, lo=0)  # 0: no limit
-    max_calls_per_second: int = _setting(0, lo=0)  # 0: no limit
+    """Overload control: a new inbound call over any limit is answered 503 with Retry-After,
+    so the calls already admitted keep their CPU and clean audio."""
+
+    max_concurrent_calls: int = _setting(0, lo=0)  # live inbound calls; 0: no limit
+    max_calls_per_second: int = _setting(0, lo=0)  # new inbound calls admitted per second; 0: no limit
+    max_cpu_percent: int = _setting(0, lo=0, hi=1000)  # process CPU, 100 = one core busy; 0: no limit
+    max_loop_lag_ms: int = _setting(0, lo=0, hi=10000)  # UA loop turn over its 10 ms poll; 0: no limit
+    retry_after_seconds: int = _setting(5, lo=1, hi=3600)  # sent in the 503's Retry-After
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordsConfig:
+    """Operator records written as JSON lines (one object per line, appended, flushed per line)."""
+
+    call_records: Path | None = None  # one line per finished call; None: off
+    queue_events: Path | None = None  # one line per queue event; None: off
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -343,6 +357,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     limits: Limits = field(default_factory=Limits)
+    records: RecordsConfig = field(default_factory=RecordsConfig)
 
 
 def _cross_checks(config: Config) -> Iterator[tuple[str, str, tuple[str, ...]]]:
