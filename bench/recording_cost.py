@@ -79,7 +79,7 @@ def main() -> int:
             ua.run_sync(lambda: [rec.attach(leg.slot) for rec, (leg, _) in zip(recorders, legs)])
             time.sleep(1.0)
             rec_ua, rec_proc = measure(ua, args.seconds)
-            lag = ua.loop_lag_max
+            lag = ua.loop_stats.lag_max
 
             results = ua.run_sync(lambda: [rec.close() for rec in recorders], timeout=60)
             ua.run_sync(remove_top_up)

@@ -98,6 +98,7 @@ class AiLeg(LegBase):
     def start(self) -> None:
         """Immediate: connect now (answered when ready). Deferred: answered on the next turn."""
         self.legs._add(self)
+        self.ua.leg_created(self)
         if self.activated:
             self.session.open(None)
         else:

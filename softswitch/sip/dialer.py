@@ -325,6 +325,7 @@ class Dialer:
                 leg.call.leg = None
             raise DialError(f"cannot call {target.uri}: {exc.reason or exc.info()}") from None
         log.info("%s: calling %s via %s %s", leg.id, target.uri, target.kind, target.ref)
+        self.ua.leg_created(leg)
         return leg
 
     # ---- accounts and identities -------------------------------------------------------------

@@ -34,6 +34,48 @@ _PJ_LEVELS = {0: logging.CRITICAL, 1: logging.ERROR, 2: logging.WARNING, 3: logg
 LOOP_POLL_MS = 10
 
 
+class LegWatcher(Protocol):
+    """Sees every leg of the process, SIP or WebSocket: call records and metrics are built on it."""
+
+    def leg_created(self, leg: Any) -> None: ...
+
+    def leg_event(self, leg: Any, event: Any) -> None: ...
+
+
+class LoopStats:
+    """How late the UA loop turns: a turn that takes longer than its 10 ms poll delays every
+    SIP callback, timer and frame poller behind it. Read by overload control and metrics."""
+
+    BUCKETS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self.lag_sum = 0.0
+        self.lag_max = 0.0  # since start
+        self.bucket_counts = [0] * (len(self.BUCKETS_MS) + 1)  # last: above the largest bucket
+        self._window_max = 0.0
+        self._window_start = time.monotonic()
+        self.recent_max = 0.0  # worst lag in the last complete second
+
+    def record(self, lag: float, now: float) -> None:
+        lag = max(lag, 0.0)
+        self.turns += 1
+        self.lag_sum += lag
+        if lag > self.lag_max:
+            self.lag_max = lag
+        ms = lag * 1000.0
+        for i, bound in enumerate(self.BUCKETS_MS):
+            if ms <= bound:
+                self.bucket_counts[i] += 1
+                break
+        else:
+            self.bucket_counts[-1] += 1
+        if lag > self._window_max:
+            self._window_max = lag
+        if now - self._window_start >= 1.0:
+            self.recent_max, self._window_max, self._window_start = self._window_max, 0.0, now
+
+
 class StartupError(RuntimeError):
     """The endpoint could not start (port in use, bad address…): the message says what to fix."""
 
@@ -92,7 +134,8 @@ class UserAgent:
         self.bridge = None  # media.bridge.Bridge: mirrors for call recordings (set on the UA thread)
         self._log_writer = None
         self.listen: ListenInfo | None = None
-        self.loop_lag_max = 0.0
+        self.loop_stats = LoopStats()
+        self._leg_watchers: list[LegWatcher] = []
 
     # ---- life cycle (any thread) --------------------------------------------------------
     def start(self, timeout: float = 15.0) -> None:
@@ -154,6 +197,20 @@ class UserAgent:
         self._pollers.append(poll)
         return lambda: self._pollers.remove(poll) if poll in self._pollers else None
 
+    def watch_legs(self, watcher: LegWatcher) -> Callable[[], None]:
+        """Tell `watcher` about every leg created from now on and every event of every leg."""
+        self._leg_watchers.append(watcher)
+        return lambda: self._leg_watchers.remove(watcher) if watcher in self._leg_watchers else None
+
+    def leg_created(self, leg: Any) -> None:
+        """Called once by whatever creates a leg (inbound, dialed, AI), before its first event."""
+        for watcher in list(self._leg_watchers):
+            self.guard("leg watcher", watcher.leg_created, leg)
+
+    def leg_event(self, leg: Any, event: Any) -> None:
+        for watcher in list(self._leg_watchers):
+            self.guard("leg watcher", watcher.leg_event, leg, event)
+
     def keep(self, obj: Any) -> Any:
         """Hold a strong reference to a pjsua2 media object until `release` is called."""
         self._media_objects.add(obj)
@@ -214,9 +271,8 @@ class UserAgent:
             for poll in list(self._pollers):
                 self.guard("frame poller", poll)
             self._flush_releases()
-            lag = time.monotonic() - turn_start - LOOP_POLL_MS / 1000.0
-            if lag > self.loop_lag_max:
-                self.loop_lag_max = lag
+            now = time.monotonic()
+            self.loop_stats.record(now - turn_start - LOOP_POLL_MS / 1000.0, now)
 
     def _drain_commands(self, limit: int = 1000) -> None:
         for _ in range(limit):

@@ -74,11 +74,14 @@ class LegBase:
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
     def _publish(self, event: LegEvent) -> None:
+        self.ua.leg_event(self, event)
         for listener in list(self._listeners):
             self.ua.guard(f"listener of {type(event).__name__}", listener, event)
 
 
 class Leg(LegBase):
+    transport = "sip"
+
     def __init__(self, ua: "UserAgent", call: "SipCall", direction: str) -> None:
         self.ua = ua
         self.id = ua.new_leg_id()
@@ -285,6 +288,7 @@ class LocalAccount(pj.Account):
         leg.call_id, leg.remote_uri, leg.local_uri = ci.callIdString, ci.remoteUri, ci.localUri
         self.ua.legs[leg.id] = leg
         leg.admission = self.ua.registrar.take_admission(leg.call_id) if self.ua.registrar else None
+        self.ua.leg_created(leg)
         if leg.admission is None:
             # The gate passes only INVITEs it classified; anything else is refused, never routed.
             log.warning("%s: INVITE from %s was not admitted by the gate; refusing", leg.id, leg.remote_uri)
