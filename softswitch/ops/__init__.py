@@ -1,0 +1,1 @@
+"""Operations: overload control, call records, metrics and status."""
