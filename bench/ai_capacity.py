@@ -12,7 +12,12 @@ under 30 ms), every caller stream carries the echoed 440 Hz for at least half th
 AI path really carried audio), and the SIP answer time p99 (INVITE to 200 OK, from a loopback
 capture) is under 50 ms. The fake provider shares the machine's cores with softswitch.
 
+`--target bare` runs the same ramp and clean rule against `bench/bare_ai.py` (answer, stream the
+call to the same fake provider and play its audio back, on bare pjsua2), `--target both` runs
+bare then softswitch in the same run and reports softswitch's ceiling as a ratio of bare's.
+
     .venv/bin/python bench/ai_capacity.py --steps 50,100,150
+    .venv/bin/python bench/ai_capacity.py --steps 50,100,150,200 --target both
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -32,13 +40,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import capacity  # noqa: E402
 from capacity import StepHooks, Workload, ceiling, run_step, source_revision  # noqa: E402
 from tests.support.audio import tone  # noqa: E402
 from tests.support.capture import LoopbackCapture  # noqa: E402
 from tests.support.pcap import read_pcap, write_rtp_pcap  # noqa: E402
+from tests.support.ports import free_port, free_port_block  # noqa: E402
 
 KEY_ENV = "SOFTSWITCH_BENCH_AI_KEY"
 ANSWER_P99_GOAL_MS = 50.0
+TARGETS = {"softswitch": ("softswitch",), "bare": ("bare",), "both": ("bare", "softswitch")}
 
 FLOW = """
 name: ai-bench
@@ -92,6 +103,9 @@ class AiHooks(StepHooks):
         self.cap: LoopbackCapture | None = None
         self.sip_port = 0
 
+    def bare_args(self) -> tuple[str, ...]:
+        return ("--provider-url", f"ws://127.0.0.1:{self.port}")
+
     def softswitch_sections(self) -> dict:
         return {"ai": {"providers": {"openai_realtime": {"url": f"ws://127.0.0.1:{self.port}",
                                                           "api_key_env": KEY_ENV}}}}
@@ -144,32 +158,78 @@ def workload(tmp: Path, call_s: float) -> Workload:
                     expected_tone=(440.0, call_s / 2), hooks=lambda system, step_dir, n: AiHooks(step_dir))
 
 
+class BareAiServer(capacity.BareServer):
+    """capacity.BareServer with bench/bare_ai.py instead of bare_pjsua2.py (same arguments, same
+    readiness line). capacity.py's Workload has no field naming the bare script, so `bare_ai_server`
+    swaps this class in for the bare steps of this script."""
+
+    def __init__(self, step_dir: Path, workload: Workload, extra_args: tuple[str, ...] = ()) -> None:
+        self.sip_port = free_port("udp")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "bare_ai.py"), "--port", str(self.sip_port),
+             "--rtp-port", str(free_port_block(2000)), "--rtp-count", "2000", *workload.bare_args, *extra_args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        ready = threading.Event()
+        self.lines: list[str] = []
+
+        def pump() -> None:
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                if "bare pjsua2 ready" in line:
+                    ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(20):
+            self.stop()
+            raise RuntimeError("bare_ai.py did not start:\n" + "".join(self.lines))
+
+
+@contextmanager
+def bare_ai_server() -> Iterator[None]:
+    original = capacity.BareServer
+    capacity.BareServer = BareAiServer
+    try:
+        yield
+    finally:
+        capacity.BareServer = original
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", default="50,100,150,200", help="comma-separated concurrency steps, ascending")
     ap.add_argument("--call-s", type=float, default=10.0)
+    ap.add_argument("--target", choices=tuple(TARGETS), default="softswitch",
+                    help="softswitch (default), bare (bench/bare_ai.py) or both, bare first, in the same run")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "ai_capacity.json"))
     args = ap.parse_args()
     os.environ[KEY_ENV] = "bench-key"  # the server inherits it
     steps = [int(s) for s in args.steps.split(",")]
+    systems = TARGETS[args.target]
     results = []
-    with tempfile.TemporaryDirectory(prefix="ai-capacity-") as tmp_s:
+    with tempfile.TemporaryDirectory(prefix="ai-capacity-") as tmp_s, bare_ai_server():
         tmp = Path(tmp_s)
         load = workload(tmp, args.call_s)
-        for n in steps:
-            step = run_step(load, "softswitch", n, tmp)
-            results.append(step)
-            print(f"{n:4d} concurrent AI calls: {step.successful}/{step.calls} ok, RTP gap p99 {step.gap_p99_ms} ms, "
-                  f"{step.tone_streams}/{step.calls} streams with the echoed tone, {step.checks}, "
-                  f"CPU {step.cpu_percent}% RSS {step.rss_mb} MB -> {'clean' if step.clean else 'NOT clean'}",
-                  flush=True)
-            if not step.clean:
-                break
-    best = ceiling(results)
-    print(f"\nhighest clean concurrency of AI-streamed calls: {best}")
+        for system in systems:
+            for n in steps:
+                step = run_step(load, system, n, tmp)
+                results.append(step)
+                print(f"{system:10s} {n:4d} concurrent AI calls: {step.successful}/{step.calls} ok, "
+                      f"RTP gap p99 {step.gap_p99_ms} ms, {step.tone_streams}/{step.calls} streams with the "
+                      f"echoed tone, {step.checks}, CPU {step.cpu_percent}% RSS {step.rss_mb} MB -> "
+                      f"{'clean' if step.clean else 'NOT clean'}", flush=True)
+                if not step.clean:
+                    break
+    ceilings = {system: ceiling([s for s in results if s.system == system]) for system in systems}
+    soft, bare = ceilings.get("softswitch"), ceilings.get("bare")
+    ratio = soft / bare if soft is not None and bare else None
+    print("\nhighest clean concurrency of AI-streamed calls: "
+          + ", ".join(f"{system} {best}" for system, best in ceilings.items())
+          + (f", ratio {ratio:.2f}" if ratio is not None else ""))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"steps": [s.__dict__ for s in results], "ceiling": best,
-                                           "command": " ".join(sys.argv), "revision": source_revision()}, indent=2))
+    Path(args.json).write_text(json.dumps({"steps": [s.__dict__ for s in results], "ceiling": soft,
+                                           "softswitch_ceiling": soft, "bare_ceiling": bare, "ratio": ratio,
+                                           "target": args.target, "command": " ".join(sys.argv),
+                                           "revision": source_revision()}, indent=2))
     return 0
 
 
