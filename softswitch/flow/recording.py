@@ -137,6 +137,7 @@ class Recordings:
         self.engine = engine
         self.by_leg: dict[str, GlobalRecording] = {}
         self.requests: dict[str, RecordRequest] = {}
+        self.finished = 0  # recordings finalized so far (metrics)
 
     # ---- recordings ----------------------------------------------------------------------
     def start(self, flow_leg: "FlowLeg", settings: RecordSettings) -> GlobalRecording:
@@ -151,6 +152,7 @@ class Recordings:
         return recording
 
     def _ended(self, recording: GlobalRecording) -> None:
+        self.finished += 1
         if self.by_leg.get(recording.leg_id) is recording:
             del self.by_leg[recording.leg_id]
 
