@@ -1,4 +1,4 @@
-"""The `softswitch` command: run the server, check a config, print the version."""
+"""The `softswitch` command: run the server, check a config, show a running server's status, print the version."""
 
 from __future__ import annotations
 
@@ -89,14 +89,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
     from .log import setup_logging
-    setup_logging(config.logging.level, config.logging.format, config.logging.file)
+    errors = setup_logging(config.logging.level, config.logging.format, config.logging.file)
 
     from .flow.welcome import WelcomeHandler
     from .sip.endpoint import StartupError, UserAgent
 
     record_dir = config.directories.recordings if args.record else None
 
+    # The operator endpoint binds before SIP starts, so a taken port fails fast; it serves once the UA runs.
+    http = None
+    if config.metrics.http_address is not None:
+        from .ops.http import MetricsListenError, OpsHttpServer
+        try:
+            http = OpsHttpServer(config.metrics.http_address)
+        except MetricsListenError as exc:
+            log.error("%s", exc)
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_STARTUP
+    metrics = None
+
     def handler_factory(ua: UserAgent):
+        nonlocal metrics
+        if http is not None:  # on the UA thread, before any call: every leg is counted
+            from .ops.metrics import Metrics
+            metrics = Metrics(ua, errors)
+            ua.watch_legs(metrics)
         if flows:
             from .flow.runtime import FlowEngine
             return FlowEngine(ua, flows)
@@ -119,12 +136,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     except StartupError as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
+        if http is not None:
+            http.stop()
         return EXIT_STARTUP
+    if http is not None and metrics is not None:
+        http.serve(ua, metrics)
     log.info("ready")
-    while not ua.wait_stopped(0.2):
-        if reload_requested.is_set():
-            reload_requested.clear()
-            config = _reload_flows(args, config, ua)
+    try:
+        while not ua.wait_stopped(0.2):
+            if reload_requested.is_set():
+                reload_requested.clear()
+                config = _reload_flows(args, config, ua)
+    finally:
+        if http is not None:
+            http.stop()  # before the UA: no request waits on a thread that is going away
     ua.stop()
     return 0
 
@@ -174,6 +199,94 @@ def _reload_flows(args: argparse.Namespace, config: Config, ua: "UserAgent") -> 
     return dataclasses.replace(config, flows=new_config.flows)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Ask a running softswitch for its /status: a short summary, or the JSON with --json."""
+    import json
+    import socket
+    import urllib.error
+    import urllib.request
+    if args.url:
+        base = args.url.rstrip("/")
+        where = base
+    else:
+        try:
+            config = _load(args)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_CONFIG
+        address = config.metrics.http_address
+        if address is None:
+            source = args.config or "the built-in default config"
+            print(f"metrics.http_listen is off in {source}, so softswitch serves no status; set it "
+                  f"(e.g. 127.0.0.1:9100) or pass --url", file=sys.stderr)
+            return 1
+        host, port = address
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # a wildcard bind is reached locally
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        base = f"http://{where}"
+    try:
+        with urllib.request.urlopen(base + "/status", timeout=args.timeout) as response:
+            doc = json.loads(response.read().decode("utf-8"))
+    except urllib.error.HTTPError as exc:
+        print(f"{where} answered {exc.code} {exc.reason} for /status; is it softswitch?", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ConnectionRefusedError):
+            why = "connection refused"
+        elif isinstance(reason, (TimeoutError, socket.timeout)):
+            why = f"no answer within {args.timeout:g} s"
+        else:
+            why = str(getattr(reason, "strerror", None) or reason)
+        print(f"softswitch is not running at {where} ({why}); is `metrics.http_listen` set?", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"{where} answered /status with something that is not JSON ({exc}); is it softswitch?",
+              file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(_status_summary(doc, where))
+    return 0
+
+
+def _status_summary(doc: dict, where: str) -> str:
+    """A few lines an operator reads at a glance."""
+    if "counts" not in doc:
+        return f"softswitch at {where}: the UA thread is not answering (no snapshot yet)"
+    counts, regs, overload = doc["counts"], doc["registrations"], doc["overload"]
+    up = int(doc.get("uptimeSeconds", 0))
+    lines = [f"softswitch {doc.get('version', '?')} at {where}, up {up // 3600}h{up % 3600 // 60:02d}m{up % 60:02d}s"
+             + (" (STALE: the UA thread is busy; last known figures)" if doc.get("stale") else "")]
+    by = ", ".join(f"{direction} {transport} {n}" for direction, per in counts["legsActiveBy"].items()
+                   for transport, n in per.items()) or "none"
+    lines.append(f"calls: {counts['inboundCallsActive']} inbound active; legs: {counts['legsActive']} ({by}); "
+                 f"AI legs {counts['aiLegsActive']}; answered {counts['callsAnswered']}, ended {counts['legsEnded']}")
+    exts = ", ".join(regs["extensions"]) or "none"
+    lines.append(f"registrations: {regs['bindings']} bindings; extensions online: {exts}")
+    for trunk in doc.get("trunks", []):
+        if trunk["register"]:
+            state = "registered" if trunk["registered"] else f"NOT registered ({trunk['lastCode']} {trunk['lastReason']})"
+            lines.append(f"trunk {trunk['connection']}: {state}")
+    queues = doc.get("queues", [])
+    lines.append("queues:" if queues else "queues: none")
+    for q in queues:
+        stats = q["stats"]
+        lines.append(f"  {q['ref']} ({q['flow']}): {q['waiting']} waiting, longest {q['longestWaitSeconds']:.0f} s, "
+                     f"{q['callbacksPending']} callbacks pending; {stats['completedCount']} answered, "
+                     f"average wait {stats['averageWaitSeconds']:.0f} s")
+    refused = ", ".join(f"{k} {v}" for k, v in overload["refusals"].items() if v) or "none"
+    if overload.get("overloaded") is None:
+        state = "no overload monitor"
+    else:
+        state = f"OVERLOADED ({overload['reason']})" if overload["overloaded"] else "ok"
+    lag = doc.get("loopLag", {}).get("recentMaxMs", 0)
+    lines.append(f"overload: {state}; cpu {doc.get('cpuPercent', 0):.0f} %, loop lag {lag:.0f} ms; "
+                 f"refused: {refused}; errors logged: {counts['errors']}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="softswitch",
@@ -191,6 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--record", action="store_true",
                      help="record every call to directories.recordings (built-in welcome handler)")
     run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="show a running softswitch's calls, registrations, queues and load "
+                                           "(read from metrics.http_listen)")
+    common(status)
+    status.add_argument("--url", metavar="URL", help="where softswitch serves HTTP, e.g. http://127.0.0.1:9100 "
+                                                     "(default: metrics.http_listen of the config)")
+    status.add_argument("--json", action="store_true", help="print the /status JSON as it is")
+    status.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="how long to wait (default 5)")
+    status.set_defaults(func=cmd_status)
 
     check = sub.add_parser("check", help="validate the config and flows without starting SIP")
     common(check)

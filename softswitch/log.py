@@ -1,4 +1,5 @@
-"""Logging set-up: text for people, JSON lines for log watchers."""
+"""Logging set-up: text for people, JSON lines for log watchers, and a count of errors by
+logger for the metrics endpoint (an operator alerts on errors without reading the log)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import logging
 import sys
 import time
 from pathlib import Path
+
+# Loggers are named by code, so there are few; the cap only guards against a name built from data.
+MAX_ERROR_LABELS = 100
+OTHER_LOGGER = "other"
 
 
 class JsonLinesFormatter(logging.Formatter):
@@ -25,7 +30,24 @@ class JsonLinesFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def setup_logging(level: str = "info", fmt: str = "text", file: Path | None = None) -> None:
+class ErrorCounter(logging.Handler):
+    """Counts records at ERROR or above by logger name; any thread may log, any thread may read."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self._counts: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:  # called with self.lock held
+        name = record.name if record.name in self._counts or len(self._counts) < MAX_ERROR_LABELS else OTHER_LOGGER
+        self._counts[name] = self._counts.get(name, 0) + 1
+
+    def counts(self) -> dict[str, int]:
+        with self.lock:  # type: ignore[union-attr]  # createLock() always sets it
+            return dict(self._counts)
+
+
+def setup_logging(level: str = "info", fmt: str = "text", file: Path | None = None) -> ErrorCounter:
+    """Route every log record to stderr or `file`, and count errors; returns the counter."""
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -38,4 +60,7 @@ def setup_logging(level: str = "info", fmt: str = "text", file: Path | None = No
         formatter.converter = time.gmtime
         handler.setFormatter(formatter)
     root.addHandler(handler)
+    errors = ErrorCounter()
+    root.addHandler(errors)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    return errors

@@ -56,7 +56,7 @@ def test_builtin_default_loads_with_documented_values(tmp_path, monkeypatch):
     assert config.directories.recordings == tmp_path / "recordings"
     assert config.directories.state == tmp_path / "state"
     assert (config.logging.level, config.logging.format, config.logging.file) == ("info", "text", None)
-    assert config.metrics.http_listen is None
+    assert config.metrics.http_listen == "127.0.0.1:9100"  # `softswitch status` works out of the box
     assert (config.limits.max_concurrent_calls, config.limits.max_calls_per_second) == (0, 0)
 
 

@@ -3,6 +3,7 @@ or an in-process UserAgent whose call handler a test can swap."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -10,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +76,9 @@ class ServerProcess:
     config: Path | None  # None: the built-in default config (give `port` and --set overrides)
     extra_args: list[str] = field(default_factory=list)
     port: int | None = None
+    # Where the server serves /metrics and /status: read from the config file, or for the built-in
+    # default (whose 127.0.0.1:9100 may be taken) moved to a free port unless --set gives one.
+    metrics_port: int | None = None
     proc: subprocess.Popen | None = None
     output: list[str] = field(default_factory=list)
     _ready: threading.Event = field(default_factory=threading.Event)
@@ -89,9 +95,23 @@ class ServerProcess:
         sip = yaml.safe_load(self.config.read_text())["sip"]
         return range(sip["rtp_port_start"], sip["rtp_port_start"] + sip["rtp_port_count"])
 
+    def _metrics_args(self) -> list[str]:
+        if self.config is not None:
+            listen = (yaml.safe_load(self.config.read_text()).get("metrics") or {}).get("http_listen")
+            if listen:
+                self.metrics_port = int(str(listen).rsplit(":", 1)[1])
+            return []
+        if any(a.startswith("metrics.http_listen=") for a in self.extra_args):
+            given = next(a for a in self.extra_args if a.startswith("metrics.http_listen="))
+            value = given.partition("=")[2]
+            self.metrics_port = int(value.rsplit(":", 1)[1]) if value not in ("", "null") else None
+            return []
+        self.metrics_port = self.metrics_port or free_port("tcp")
+        return ["--set", f"metrics.http_listen=127.0.0.1:{self.metrics_port}"]
+
     def start(self, timeout: float = 20.0) -> "ServerProcess":
         config = [] if self.config is None else ["--config", str(self.config)]
-        cmd = [sys.executable, "-m", "softswitch", "run", *config, *self.extra_args]
+        cmd = [sys.executable, "-m", "softswitch", "run", *config, *self._metrics_args(), *self.extra_args]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         threading.Thread(target=self._pump, daemon=True).start()
@@ -111,6 +131,37 @@ class ServerProcess:
 
     def text(self) -> str:
         return "".join(self.output)
+
+    # ---- the operator endpoint (metrics.http_listen) ------------------------------------------
+    @property
+    def http_url(self) -> str:
+        assert self.metrics_port is not None, "this server has no metrics.http_listen"
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+    def http_get(self, path: str, timeout: float = 10.0) -> tuple[int, str]:
+        """(status, body) of a GET on the operator endpoint; error statuses are returned, not raised."""
+        try:
+            with urllib.request.urlopen(self.http_url + path, timeout=timeout) as response:
+                return response.status, response.read().decode("utf-8")
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode("utf-8", "replace")
+
+    def status(self) -> dict:
+        """GET /status as a dict."""
+        code, body = self.http_get("/status")
+        assert code == 200, (code, body)
+        return json.loads(body)
+
+    def metrics(self) -> dict[str, float]:
+        """GET /metrics as {'name{label="v",...}': value} (the exposition's sample lines)."""
+        code, body = self.http_get("/metrics")
+        assert code == 200, (code, body)
+        samples = {}
+        for line in body.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
 
     def wait_for_log(self, needle: str, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout

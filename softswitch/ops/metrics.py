@@ -1,0 +1,511 @@
+"""What an operator watches: counters kept by a `LegWatcher` on the UA thread, and gauges read
+from the live objects in one pass (`Metrics.collect`, on the UA thread) into a typed snapshot
+that the HTTP thread renders as Prometheus text (format 0.0.4) or as status JSON.
+
+Labels stay bounded (directions, transports, hang-up reasons, queue refs, SIP codes, logger
+names): never a call or leg id, so a busy day does not grow the scrape."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+
+from .. import __version__
+
+if TYPE_CHECKING:
+    from ..log import ErrorCounter
+    from ..sip.endpoint import UserAgent
+
+LegKey = tuple[str, str]  # (direction, transport)
+# The native edge's counters (its stats also hold gauges: bindings, live_inbound, overloaded).
+REGISTRAR_COUNTERS = ("register", "register_ok", "challenges", "auth_failures", "dropped", "invite_passed",
+                      "invite_challenged", "invite_refused", "interval_too_brief", "out_of_order", "retransmissions")
+MAX_REASON_LABELS = 64  # hang-up reasons come from code and SIP codes; a cap guards against surprises
+OTHER = "other"
+
+
+# ---- the snapshot -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QueueGauge:
+    """One queue (a flow's Queue trigger ref): who waits now, and its completed waits."""
+
+    flow: str
+    ref: str
+    live: int  # callers on the line
+    callbacks: int  # entries in callback mode (the caller hung up, asked to be called back)
+    longest_wait_s: float  # the longest-waiting live caller; 0 when none
+    completed_count: int
+    average_wait_s: float
+    stats: Mapping[str, Any]  # the queue.getStats payload
+
+    @property
+    def size(self) -> int:
+        return self.live + self.callbacks
+
+    @property
+    def wait_sum_s(self) -> float:
+        return self.average_wait_s * self.completed_count
+
+
+@dataclass(frozen=True)
+class TrunkGauge:
+    connection: str
+    register: bool  # whether softswitch keeps a registration there at all
+    registered: bool
+    last_code: int
+    last_reason: str
+
+
+@dataclass(frozen=True)
+class LoopLag:
+    """`LoopStats` copied: per-bucket (not cumulative) turn counts, the last one above the largest."""
+
+    buckets_ms: tuple[float, ...]
+    bucket_counts: tuple[int, ...]
+    sum_s: float
+    turns: int
+    recent_max_s: float
+
+
+@dataclass(frozen=True)
+class OverloadGauge:
+    overloaded: bool | None  # None: no overload monitor in this process
+    reason: str | None  # cpu | loop_lag while overloaded
+    cpu_percent: float | None
+    loop_lag_ms: float | None
+    refusals: Mapping[str, int]  # by reason: concurrent, rate, cpu, loop_lag
+
+
+@dataclass(frozen=True)
+class ProcessGauge:
+    cpu_seconds: float
+    rss_bytes: int | None
+    open_fds: int | None
+
+
+@dataclass(frozen=True)
+class ListenGauge:
+    sip_address: str | None
+    udp_port: int | None
+    tcp_port: int | None
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    version: str
+    taken_at: float  # epoch seconds
+    uptime_s: float
+    listen: ListenGauge
+    legs_created: Mapping[LegKey, int]
+    legs_ended: Mapping[LegKey, int]
+    legs_answered: Mapping[LegKey, int]
+    hangups: Mapping[str, int]
+    legs_active: Mapping[LegKey, int]
+    inbound_calls_active: int
+    ai_legs_active: int
+    registrations: int
+    registered_extensions: tuple[str, ...]
+    trunks: tuple[TrunkGauge, ...]
+    queues: tuple[QueueGauge, ...]
+    recordings_active: int
+    recordings_finished: int | None  # None: this build's recordings do not count them
+    executions_active: int
+    errors: Mapping[str, int]
+    sip_responses: Mapping[tuple[str, int], int]  # (sent | received, code)
+    registrar: Mapping[str, int]  # the native edge's counters
+    overload: OverloadGauge
+    cpu_percent: float
+    loop_lag: LoopLag
+    process: ProcessGauge
+
+
+# ---- collecting ---------------------------------------------------------------------------------
+def read_process() -> ProcessGauge:
+    """CPU time, resident memory and open descriptors of this process (any thread)."""
+    rss = None
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    try:
+        fds: int | None = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        fds = None
+    return ProcessGauge(time.process_time(), rss, fds)
+
+
+class Metrics:
+    """Counters over every leg of the process (watch it with `ua.watch_legs`), and `collect`,
+    which reads everything else from the UA's live objects. UA thread only, except `errors`."""
+
+    def __init__(self, ua: "UserAgent", errors: "ErrorCounter | None" = None, *,
+                 monotonic: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        self.ua = ua
+        self.errors = errors
+        self._monotonic, self._wall = monotonic, wall
+        self._started = monotonic()
+        self.legs_created: dict[LegKey, int] = {}
+        self.legs_ended: dict[LegKey, int] = {}
+        self.legs_answered: dict[LegKey, int] = {}
+        self.hangups: dict[str, int] = {}
+        self._live: dict[str, LegKey] = {}
+        self._cpu_mark = (monotonic(), time.process_time())
+        self._cpu_percent = 0.0
+
+    # ---- LegWatcher -----------------------------------------------------------------------
+    def leg_created(self, leg: Any) -> None:
+        key = _leg_key(leg)
+        self._live[leg.id] = key
+        _add(self.legs_created, key)
+
+    def leg_event(self, leg: Any, event: Any) -> None:
+        from ..sip.events import LegAnswered, LegEnded
+        if isinstance(event, LegAnswered):
+            _add(self.legs_answered, _leg_key(leg))
+        elif isinstance(event, LegEnded):
+            key = self._live.pop(leg.id, None) or _leg_key(leg)
+            _add(self.legs_ended, key)
+            reason = event.reason if event.reason in self.hangups or len(self.hangups) < MAX_REASON_LABELS else OTHER
+            _add(self.hangups, reason)
+
+    # ---- one pass on the UA thread ----------------------------------------------------------
+    def collect(self) -> MetricsSnapshot:
+        ua = self.ua
+        handler = ua.handler
+        active: dict[LegKey, int] = {}
+        for key in self._live.values():
+            _add(active, key)
+        bindings = _bindings(ua)
+        from ..sip.registrar import DYNAMIC_TRUNK_GROUP
+        extensions = tuple(sorted({b.extension for b in bindings if not b.group.startswith(DYNAMIC_TRUNK_GROUP)}))
+        registrar = ua.registrar
+        native = dict(registrar.stats()) if registrar is not None else {}
+        responses_of = getattr(registrar, "sip_response_counts", None)
+        responses = dict(responses_of()) if callable(responses_of) else {}
+        recordings = getattr(handler, "recordings", None)
+        runner = getattr(handler, "runner", None)
+        stats = ua.loop_stats
+        process = read_process()
+        overload = _overload(registrar, native)
+        listen = ua.listen
+        return MetricsSnapshot(
+            version=__version__,
+            taken_at=self._wall(),
+            uptime_s=self._monotonic() - self._started,
+            listen=ListenGauge(listen.address if listen else None, listen.udp_port if listen else None,
+                               listen.tcp_port if listen else None),
+            legs_created=dict(self.legs_created),
+            legs_ended=dict(self.legs_ended),
+            legs_answered=dict(self.legs_answered),
+            hangups=dict(self.hangups),
+            legs_active=active,
+            inbound_calls_active=active.get(("inbound", "sip"), 0),
+            ai_legs_active=sum(n for (_, transport), n in active.items() if transport == "websocket"),
+            registrations=len(bindings),
+            registered_extensions=extensions,
+            trunks=_trunks(ua),
+            queues=_queues(handler, self._live),
+            recordings_active=len(getattr(recordings, "by_leg", ()) or ()),
+            recordings_finished=getattr(recordings, "finished", None),
+            executions_active=len({id(a.execution) for a in runner.running.values()}) if runner is not None else 0,
+            errors=self.errors.counts() if self.errors is not None else {},
+            sip_responses=responses,
+            registrar={k: int(native[k]) for k in REGISTRAR_COUNTERS if k in native},
+            overload=overload,
+            cpu_percent=overload.cpu_percent if overload.cpu_percent is not None else self._cpu(process.cpu_seconds),
+            loop_lag=LoopLag(tuple(stats.BUCKETS_MS), tuple(stats.bucket_counts), stats.lag_sum, stats.turns,
+                             stats.recent_max),
+            process=process,
+        )
+
+    def _cpu(self, cpu_now: float) -> float:
+        """Process CPU since the previous collect (100 = one core busy), over at least a second."""
+        now = self._monotonic()
+        mark_time, mark_cpu = self._cpu_mark
+        if now - mark_time >= 1.0:
+            self._cpu_percent = 100.0 * (cpu_now - mark_cpu) / (now - mark_time)
+            self._cpu_mark = (now, cpu_now)
+        return self._cpu_percent
+
+
+def _leg_key(leg: Any) -> LegKey:
+    return (str(getattr(leg, "direction", "unknown")), str(getattr(leg, "transport", "sip")))
+
+
+def _add(counts: dict, key: Any, n: int = 1) -> None:
+    counts[key] = counts.get(key, 0) + n
+
+
+def _bindings(ua: "UserAgent") -> list:
+    return ua.registrar.bindings() if ua.registrar is not None else []
+
+
+def _trunks(ua: "UserAgent") -> tuple[TrunkGauge, ...]:
+    if ua.trunks is None:
+        return ()
+    return tuple(TrunkGauge(s.connection, s.register, s.registered, s.last_code, s.last_reason)
+                 for _, s in sorted(ua.trunks.status().items()))
+
+
+def _queues(handler: Any, live_legs: Mapping[str, LegKey]) -> tuple[QueueGauge, ...]:
+    """Every queue a flow has a trigger for, and any other queue a live caller waits in."""
+    flow_queues = getattr(handler, "queues", None)
+    engine = getattr(flow_queues, "engine", None)
+    if engine is None or engine.closed:
+        return ()
+    keys = {(flow.name, t.ref) for flow in getattr(handler, "flows", ()) for t in flow.triggers_of("queue")}
+    for leg_id, (direction, _) in live_legs.items():
+        if direction == "inbound":
+            entry = engine.entry_for_leg(leg_id)
+            if entry is not None and not entry.ended:
+                keys.add((entry.scope, entry.ref))
+    now = engine.wall()
+    gauges = []
+    for scope, ref in sorted(keys):
+        entries = engine.entries(scope, ref)
+        live = [e for e in entries if e.live]
+        stats = engine.stats(scope, ref)
+        gauges.append(QueueGauge(
+            flow=scope, ref=ref, live=len(live), callbacks=len(entries) - len(live),
+            longest_wait_s=max((now - e.created_at for e in live), default=0.0),
+            completed_count=stats.completed_count, average_wait_s=stats.average_wait_s, stats=stats.payload()))
+    return tuple(gauges)
+
+
+def _overload(registrar: Any, native: Mapping[str, Any]) -> OverloadGauge:
+    refusals = {k[len("overload_"):]: int(v) for k, v in native.items() if k.startswith("overload_")}
+    state_of = getattr(getattr(registrar, "overload", None), "state", None)
+    state = state_of() if callable(state_of) else None
+    if state is None:
+        return OverloadGauge(None, None, None, None, refusals)
+    reason = getattr(state, "overloaded", None)
+    return OverloadGauge(bool(reason), reason or None, getattr(state, "cpu_percent", None),
+                         getattr(state, "loop_lag_ms", None), refusals)
+
+
+# ---- Prometheus text exposition format 0.0.4 -------------------------------------------------------
+@dataclass
+class _Family:
+    name: str
+    kind: str  # counter | gauge | histogram | summary
+    help: str
+    samples: list[tuple[str, Mapping[str, str], float]] = field(default_factory=list)
+
+    def add(self, value: float, labels: Mapping[str, Any] | None = None, suffix: str = "") -> "_Family":
+        self.samples.append((self.name + suffix, {k: str(v) for k, v in (labels or {}).items()}, value))
+        return self
+
+
+def escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def format_value(value: float) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def render_families(families: Iterable[_Family]) -> str:
+    lines = []
+    for fam in families:
+        lines.append(f"# HELP {fam.name} {escape_help(fam.help)}")
+        lines.append(f"# TYPE {fam.name} {fam.kind}")
+        for name, labels, value in fam.samples:
+            if labels:
+                inner = ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items())
+                lines.append(f"{name}{{{inner}}} {format_value(value)}")
+            else:
+                lines.append(f"{name} {format_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def histogram(fam: _Family, bounds: Iterable[float], counts: Iterable[int], total: float,
+              labels: Mapping[str, Any] | None = None) -> _Family:
+    """Per-bucket counts (the last above every bound) as cumulative `le` buckets ending in +Inf."""
+    bounds, counts = list(bounds), list(counts)
+    running = 0
+    for bound, n in zip(bounds, counts):
+        running += n
+        fam.add(running, {**(labels or {}), "le": format_value(float(bound))}, "_bucket")
+    running += sum(counts[len(bounds):])
+    fam.add(running, {**(labels or {}), "le": "+Inf"}, "_bucket")
+    fam.add(total, labels, "_sum")
+    fam.add(running, labels, "_count")
+    return fam
+
+
+def _leg_labels(key: LegKey) -> dict[str, str]:
+    return {"direction": key[0], "transport": key[1]}
+
+
+def families(snap: MetricsSnapshot | None, *, stale: bool, process: ProcessGauge | None = None) -> list[_Family]:
+    """Every metric family of a snapshot; with no snapshot at all, only staleness and the process."""
+    out = [_Family("softswitch_metrics_stale", "gauge",
+                   "1 when the UA thread did not answer in time and these figures are the last ones it gave")
+           .add(1 if stale else 0)]
+    process = process or (snap.process if snap is not None else read_process())
+    if snap is not None:
+        out.append(_Family("softswitch_info", "gauge", "Version of the running softswitch").add(1, {"version": snap.version}))
+        out.append(_Family("softswitch_uptime_seconds", "gauge", "Seconds since the server started").add(snap.uptime_s))
+        legs = [("softswitch_legs_created_total", "Legs created (SIP and AI), by direction and transport", snap.legs_created),
+                ("softswitch_legs_ended_total", "Legs ended, by direction and transport", snap.legs_ended),
+                ("softswitch_legs_answered_total", "Legs answered (calls connected), by direction and transport",
+                 snap.legs_answered)]
+        for name, help_text, counts in legs:
+            fam = _Family(name, "counter", help_text)
+            for key, n in sorted(counts.items()):
+                fam.add(n, _leg_labels(key))
+            out.append(fam)
+        fam = _Family("softswitch_leg_hangups_total", "counter", "Ended legs by hang-up reason")
+        for reason, n in sorted(snap.hangups.items()):
+            fam.add(n, {"reason": reason})
+        out.append(fam)
+        fam = _Family("softswitch_legs_active", "gauge", "Live legs, by direction and transport")
+        for key in sorted({("inbound", "sip"), ("outbound", "sip"), ("outbound", "websocket"), *snap.legs_active}):
+            fam.add(snap.legs_active.get(key, 0), _leg_labels(key))
+        out.append(fam)
+        out.append(_Family("softswitch_inbound_calls_active", "gauge", "Live inbound SIP calls")
+                   .add(snap.inbound_calls_active))
+        out.append(_Family("softswitch_ai_legs_active", "gauge", "Live AI voice legs").add(snap.ai_legs_active))
+        out.append(_Family("softswitch_registrations", "gauge", "Live registration bindings (phones and dynamic trunks)")
+                   .add(snap.registrations))
+        out.append(_Family("softswitch_registered_extensions", "gauge", "Extensions with at least one live binding")
+                   .add(len(snap.registered_extensions)))
+        fam = _Family("softswitch_trunk_registered", "gauge",
+                      "1 when softswitch's registration at a connection is live (connections that register)")
+        for t in snap.trunks:
+            if t.register:
+                fam.add(1 if t.registered else 0, {"connection": t.connection})
+        out.append(fam)
+        size = _Family("softswitch_queue_size", "gauge", "Queue entries, live callers plus callbacks pending")
+        waiting = _Family("softswitch_queue_waiting", "gauge", "Callers on the line waiting in a queue")
+        callbacks = _Family("softswitch_queue_callbacks_pending", "gauge", "Queue entries waiting for a callback")
+        longest = _Family("softswitch_queue_longest_wait_seconds", "gauge", "Wait so far of the longest-waiting caller")
+        waits = _Family("softswitch_queue_wait_seconds", "summary", "Completed queue waits (until an operator answered)")
+        for q in snap.queues:
+            labels = {"flow": q.flow, "queue": q.ref}
+            size.add(q.size, labels)
+            waiting.add(q.live, labels)
+            callbacks.add(q.callbacks, labels)
+            longest.add(q.longest_wait_s, labels)
+            waits.add(q.wait_sum_s, labels, "_sum").add(q.completed_count, labels, "_count")
+        out += [size, waiting, callbacks, longest, waits]
+        out.append(_Family("softswitch_recordings_active", "gauge", "Call recordings being written")
+                   .add(snap.recordings_active))
+        if snap.recordings_finished is not None:
+            out.append(_Family("softswitch_recordings_finished_total", "counter", "Call recordings finalized")
+                       .add(snap.recordings_finished))
+        out.append(_Family("softswitch_flow_executions_active", "gauge",
+                           "Flow executions with a node running or waiting").add(snap.executions_active))
+        fam = _Family("softswitch_errors_total", "counter", "Log records at ERROR or above, by logger")
+        for logger, n in sorted(snap.errors.items()):
+            fam.add(n, {"logger": logger})
+        out.append(fam)
+        fam = _Family("softswitch_sip_responses_total", "counter", "SIP responses sent and received, by status code")
+        for (direction, code), n in sorted(snap.sip_responses.items()):
+            fam.add(n, {"direction": direction, "code": code})
+        out.append(fam)
+        fam = _Family("softswitch_registrar_events_total", "counter",
+                      "The SIP edge's counters: REGISTERs, challenges, auth failures, INVITEs passed, refused, dropped")
+        for event, n in sorted(snap.registrar.items()):
+            fam.add(n, {"event": event})
+        out.append(fam)
+        fam = _Family("softswitch_overload_refusals_total", "counter", "New calls refused with 503 by overload control")
+        for reason, n in sorted(snap.overload.refusals.items()):
+            fam.add(n, {"reason": reason})
+        out.append(fam)
+        if snap.overload.overloaded is not None:
+            out.append(_Family("softswitch_overloaded", "gauge", "1 while overload control refuses new calls")
+                       .add(1 if snap.overload.overloaded else 0))
+        out.append(_Family("softswitch_cpu_percent", "gauge", "Process CPU over the last scrape interval (100 = one core)")
+                   .add(snap.cpu_percent))
+        lag = snap.loop_lag
+        out.append(histogram(_Family("softswitch_loop_lag_seconds", "histogram",
+                                     "How late UA loop turns ran beyond their 10 ms poll"),
+                             [b / 1000.0 for b in lag.buckets_ms], lag.bucket_counts, lag.sum_s))
+        out.append(_Family("softswitch_loop_lag_recent_max_seconds", "gauge", "Worst UA loop lag in the last second")
+                   .add(lag.recent_max_s))
+    out.append(_Family("softswitch_process_cpu_seconds_total", "counter", "CPU time of the process, all threads")
+               .add(process.cpu_seconds))
+    if process.rss_bytes is not None:
+        out.append(_Family("softswitch_process_resident_memory_bytes", "gauge", "Resident memory")
+                   .add(process.rss_bytes))
+    if process.open_fds is not None:
+        out.append(_Family("softswitch_process_open_fds", "gauge", "Open file descriptors").add(process.open_fds))
+    return out
+
+
+def render_prometheus(snap: MetricsSnapshot | None, *, stale: bool, process: ProcessGauge | None = None) -> str:
+    return render_families(families(snap, stale=stale, process=process))
+
+
+# ---- status JSON --------------------------------------------------------------------------------
+def queue_document(q: QueueGauge) -> dict[str, Any]:
+    return {"flow": q.flow, "ref": q.ref, "waiting": q.live, "callbacksPending": q.callbacks,
+            "longestWaitSeconds": round(q.longest_wait_s, 3), "stats": dict(q.stats)}
+
+
+def queues_document(snap: MetricsSnapshot | None, *, stale: bool) -> dict[str, Any]:
+    return {"stale": stale, "queues": [queue_document(q) for q in snap.queues] if snap is not None else []}
+
+
+def status_document(snap: MetricsSnapshot | None, *, stale: bool, http_listen: str | None = None,
+                    process: ProcessGauge | None = None) -> dict[str, Any]:
+    """GET /status and `softswitch status --json`."""
+    process = process or (snap.process if snap is not None else read_process())
+    doc: dict[str, Any] = {"stale": stale, "process": {"cpuSeconds": round(process.cpu_seconds, 3),
+                                                        "rssBytes": process.rss_bytes, "openFds": process.open_fds}}
+    if snap is None:
+        return doc
+    legs: dict[str, dict[str, int]] = {}
+    for (direction, transport), n in sorted(snap.legs_active.items()):
+        legs.setdefault(direction, {})[transport] = n
+    doc.update({
+        "version": snap.version,
+        "takenAt": round(snap.taken_at, 3),
+        "uptimeSeconds": round(snap.uptime_s, 1),
+        "listen": {"sip": {"address": snap.listen.sip_address, "udp": snap.listen.udp_port,
+                           "tcp": snap.listen.tcp_port}, "http": http_listen},
+        "counts": {
+            "inboundCallsActive": snap.inbound_calls_active,
+            "legsActive": sum(snap.legs_active.values()),
+            "legsActiveBy": legs,
+            "aiLegsActive": snap.ai_legs_active,
+            "legsCreated": sum(snap.legs_created.values()),
+            "legsEnded": sum(snap.legs_ended.values()),
+            "callsAnswered": sum(snap.legs_answered.values()),
+            "flowExecutionsActive": snap.executions_active,
+            "recordingsActive": snap.recordings_active,
+            "recordingsFinished": snap.recordings_finished,
+            "errors": sum(snap.errors.values()),
+        },
+        "hangups": dict(sorted(snap.hangups.items())),
+        "registrations": {"bindings": snap.registrations, "extensions": list(snap.registered_extensions)},
+        "trunks": [{"connection": t.connection, "register": t.register, "registered": t.registered,
+                    "lastCode": t.last_code, "lastReason": t.last_reason} for t in snap.trunks],
+        "queues": [queue_document(q) for q in snap.queues],
+        "overload": {"overloaded": snap.overload.overloaded, "reason": snap.overload.reason,
+                     "cpuPercent": snap.overload.cpu_percent,
+                     "loopLagMs": snap.overload.loop_lag_ms, "refusals": dict(snap.overload.refusals)},
+        "cpuPercent": round(snap.cpu_percent, 1),
+        "loopLag": {"recentMaxMs": round(snap.loop_lag.recent_max_s * 1000, 1), "turns": snap.loop_lag.turns},
+    })
+    return doc
