@@ -58,3 +58,55 @@ def test_run_refuses_a_port_in_use_with_a_clear_error(tmp_path: Path):
     assert result.returncode == 3
     assert "cannot listen for SIP" in result.stderr and str(port) in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_run_refuses_a_metrics_port_in_use_naming_the_setting(tmp_path: Path):
+    import socket
+
+    from tests.support.ports import free_port
+    from tests.support.server import write_test_config
+
+    port = free_port("tcp")
+    cfg = write_test_config(tmp_path, metrics={"http_listen": f"127.0.0.1:{port}"})
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        result = softswitch("run", "--config", str(cfg))
+    assert result.returncode == 3
+    assert "metrics.http_listen" in result.stderr and f"127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_status_says_clearly_when_nothing_is_running(tmp_path: Path):
+    from tests.support.ports import free_port
+
+    port = free_port("tcp")
+    result = softswitch("status", "--set", f"metrics.http_listen=127.0.0.1:{port}")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip() == (f"softswitch is not running at 127.0.0.1:{port} (connection refused); "
+                                     "is `metrics.http_listen` set?")
+    off = softswitch("status", "--set", "metrics.http_listen=null")
+    assert off.returncode == 1 and "metrics.http_listen is off" in off.stderr and "--url" in off.stderr
+
+
+def test_status_summarises_a_running_server_and_json_is_its_status_document(tmp_path: Path):
+    import json
+
+    from tests.support.ports import free_port
+    from tests.support.server import ServerProcess, write_test_config
+
+    port = free_port("tcp")
+    cfg = write_test_config(tmp_path, metrics={"http_listen": f"127.0.0.1:{port}"})
+    with ServerProcess(cfg) as server:
+        summary = softswitch("status", "--config", str(cfg))
+        as_json = softswitch("status", "--url", f"http://127.0.0.1:{port}", "--json")
+        direct = server.status()
+    assert summary.returncode == 0, summary.stderr
+    lines = summary.stdout.splitlines()
+    assert lines[0].startswith(f"softswitch {__version__} at 127.0.0.1:{port}, up ")
+    assert "calls: 0 inbound active" in summary.stdout and "registrations: 0 bindings" in summary.stdout
+    assert "queues: none" in summary.stdout and "overload: ok" in summary.stdout
+    assert as_json.returncode == 0, as_json.stderr
+    doc = json.loads(as_json.stdout)
+    assert doc["version"] == __version__ and doc["stale"] is False
+    assert doc["listen"] == direct["listen"] and doc["counts"] == direct["counts"]
