@@ -9,6 +9,10 @@
  *   - initial INVITE: passed to pjsua only when it comes from a fixed-address trunk or carries
  *     valid extension credentials; otherwise challenged (407) or refused. Never routed blindly.
  *   - everything from a throttled source or a refused User-Agent: dropped.
+ *   - overload: an INVITE the gate would admit is answered 503 with Retry-After (statefully, so
+ *     its retransmissions and ACK are absorbed) while Python says the process is overloaded
+ *     (CPU, loop lag), live inbound calls are at the limit, or the new-call token bucket is empty.
+ * A second small module counts every SIP response sent and received, by status code.
  * Python configures users, trunks and policy, and drains events (registrations, expiries,
  * security refusals) from the UA loop. All of this runs on the UA thread (pjsua is set up with
  * no worker threads), so the tables need no locks; Python calls arrive on that same thread.
@@ -192,9 +196,23 @@ typedef struct {
     retrans_slot_t retrans[RETRANS_SLOTS];
     PyObject *events; /* list */
     long nat_bindings; /* live bindings behind NAT: when 0, no Contact needs fixing */
+    /* Overload control (limits of 0 are off). live_inbound is set by Python every loop turn;
+     * passed_since_sync counts the INVITEs admitted since, which have no leg in that count yet. */
+    unsigned max_concurrent, retry_after;
+    double cps, cps_tokens;
+    pj_uint64_t cps_at;
+    int overloaded; /* OVERLOAD_NONE, OVERLOAD_CPU or OVERLOAD_LOOP_LAG */
+    long live_inbound, passed_since_sync;
+    unsigned long long n_overload[4]; /* by refusal_t */
+    /* SIP responses by status code, sent and received (every transmission, retransmissions too). */
+    pjsip_module count_mod;
+    unsigned long long responses_sent[700], responses_received[700];
     unsigned long long n_register, n_register_ok, n_challenges, n_auth_failures, n_dropped, n_invite_passed,
         n_invite_challenged, n_invite_refused, n_423, n_500, n_retransmissions;
 } RegistrarObject;
+
+typedef enum { OVERLOAD_NONE = 0, OVERLOAD_CPU = 1, OVERLOAD_LOOP_LAG = 2 } overload_t;
+typedef enum { REFUSED_CONCURRENT = 0, REFUSED_RATE = 1, REFUSED_CPU = 2, REFUSED_LOOP_LAG = 3 } refusal_t;
 
 /* The module callbacks find their registrar through this pointer: one registrar per process,
  * like the one pjsua endpoint it is attached to. */
@@ -964,6 +982,89 @@ static void remember_classification(RegistrarObject *r, pjsip_rx_data *rdata, co
     s->at = now_ms();
 }
 
+/* ---- overload control -------------------------------------------------------------------------- */
+
+/* Whether a new call the gate would admit must be refused now, and why; checked in this order:
+ * the overloaded flag, live inbound calls, the new-call rate. An admitted call takes a token and
+ * counts as live until Python's next sync. */
+static int overload_refusal(RegistrarObject *r, refusal_t *why) {
+    if (r->overloaded) {
+        *why = r->overloaded == OVERLOAD_CPU ? REFUSED_CPU : REFUSED_LOOP_LAG;
+        return 1;
+    }
+    if (r->max_concurrent && r->live_inbound + r->passed_since_sync >= (long)r->max_concurrent) {
+        *why = REFUSED_CONCURRENT;
+        return 1;
+    }
+    if (r->cps > 0) {
+        pj_uint64_t now = now_ms();
+        double burst = r->cps < 1.0 ? 1.0 : r->cps;
+        r->cps_tokens += (double)(now - r->cps_at) / 1000.0 * r->cps;
+        if (r->cps_tokens > burst) r->cps_tokens = burst;
+        r->cps_at = now;
+        if (r->cps_tokens < 1.0) {
+            *why = REFUSED_RATE;
+            return 1;
+        }
+        r->cps_tokens -= 1.0;
+    }
+    r->passed_since_sync++;
+    return 0;
+}
+
+/* 503 with Retry-After through a UAS transaction: it retransmits the 503 over UDP until the ACK,
+ * answers a retransmitted INVITE with the same 503 and absorbs the ACK, so none of them reaches
+ * pjsua (no call is created). Stateless only if the transaction cannot be made. */
+static void refuse_overloaded(RegistrarObject *r, pjsip_rx_data *rdata, refusal_t why) {
+    r->n_overload[why]++;
+    char value[16];
+    snprintf(value, sizeof(value), "%u", r->retry_after);
+    pj_str_t name = pj_str("Retry-After"), hvalue = pj_str(value), reason = pj_str("Service Unavailable");
+    pjsip_hdr hdrs;
+    pj_list_init(&hdrs);
+    pjsip_generic_string_hdr *h = pjsip_generic_string_hdr_create(rdata->tp_info.pool, &name, &hvalue);
+    pj_list_push_back(&hdrs, h);
+    if (pjsip_endpt_respond(pjsua_get_pjsip_endpt(), NULL, rdata, 503, &reason, &hdrs, NULL, NULL) == PJ_SUCCESS)
+        return;
+    pjsip_tx_data *tdata = new_response(rdata, 503, "Service Unavailable");
+    if (!tdata) return;
+    pjsip_msg_add_hdr(tdata->msg, (pjsip_hdr *)pjsip_hdr_clone(tdata->pool, h));
+    send_stateless(rdata, tdata);
+}
+
+/* Admits (PJ_FALSE: pjsua creates the call) or answers 503 (PJ_TRUE), for an INVITE the gate
+ * classified; the classification is kept only for an admitted one. */
+static pj_bool_t admit(RegistrarObject *r, pjsip_rx_data *rdata, const char *kind, const char *ref,
+                       const char *extension, const char *group) {
+    refusal_t why;
+    if (overload_refusal(r, &why)) {
+        refuse_overloaded(r, rdata, why);
+        return PJ_TRUE;
+    }
+    remember_classification(r, rdata, kind, ref, extension, group);
+    r->n_invite_passed++;
+    return PJ_FALSE;
+}
+
+/* ---- SIP responses by status code ---------------------------------------------------------------- */
+
+/* Runs before the transaction layer (it consumes responses); never consumes one itself. */
+static pj_bool_t count_on_rx_response(pjsip_rx_data *rdata) {
+    RegistrarObject *r = the_registrar;
+    int code = rdata->msg_info.msg ? rdata->msg_info.msg->line.status.code : 0;
+    if (r && code > 0 && code < 700) __atomic_fetch_add(&r->responses_received[code], 1, __ATOMIC_RELAXED);
+    return PJ_FALSE;
+}
+
+/* Runs among the last on the way out (priority just above the transport layer), so it counts
+ * what is really sent: stateless answers, transaction responses and their retransmissions. */
+static pj_status_t count_on_tx_response(pjsip_tx_data *tdata) {
+    RegistrarObject *r = the_registrar;
+    int code = tdata->msg ? tdata->msg->line.status.code : 0;
+    if (r && code > 0 && code < 700) __atomic_fetch_add(&r->responses_sent[code], 1, __ATOMIC_RELAXED);
+    return PJ_SUCCESS;
+}
+
 static pj_bool_t handle_invite(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t *src) {
     const trunk_t *t = match_trunk(r, rdata);
     if (t) {
@@ -971,23 +1072,13 @@ static pj_bool_t handle_invite(RegistrarObject *r, pjsip_rx_data *rdata, source_
             respond(rdata, 488, "Not Acceptable Here");
             return PJ_TRUE;
         }
-        remember_classification(r, rdata, "trunk", t->ref, NULL, NULL);
-        r->n_invite_passed++;
-        return PJ_FALSE;
+        return admit(r, rdata, "trunk", t->ref, NULL, NULL);
     }
     const aor_t *dyn = match_dynamic_trunk(r, rdata);
-    if (dyn) {
-        remember_classification(r, rdata, "extension", dyn->username, dyn->extension, dyn->group);
-        r->n_invite_passed++;
-        return PJ_FALSE;
-    }
+    if (dyn) return admit(r, rdata, "extension", dyn->username, dyn->extension, dyn->group);
     user_t *u = NULL;
     auth_result_t ar = verify_digest(r, rdata, 1, &u);
-    if (ar == AUTH_OK) {
-        remember_classification(r, rdata, "extension", u->username, u->extension, u->group);
-        r->n_invite_passed++;
-        return PJ_FALSE;
-    }
+    if (ar == AUTH_OK) return admit(r, rdata, "extension", u->username, u->extension, u->group);
     if (ar == AUTH_BAD) {
         r->n_auth_failures++;
         r->n_invite_refused++;
@@ -1101,6 +1192,14 @@ static int Registrar_init(RegistrarObject *self, PyObject *args, PyObject *kwds)
     self->nat_mod.priority = PJSIP_MOD_PRIORITY_TSX_LAYER - 1;
     self->nat_mod.on_rx_request = &nat_on_rx;
     self->nat_mod.on_rx_response = &nat_on_rx;
+    memset(&self->count_mod, 0, sizeof(self->count_mod));
+    self->count_mod.name = pj_str("mod-softswitch-response-counter");
+    self->count_mod.id = -1;
+    self->count_mod.priority = PJSIP_MOD_PRIORITY_TRANSPORT_LAYER + 1;
+    self->count_mod.on_rx_response = &count_on_rx_response;
+    self->count_mod.on_tx_response = &count_on_tx_response;
+    self->retry_after = 5;
+    self->cps_at = now_ms();
     pjsip_endpoint *endpt = pjsua_get_pjsip_endpt();
     pj_status_t st = pjsip_endpt_register_module(endpt, &self->mod);
     if (st != PJ_SUCCESS) {
@@ -1111,6 +1210,13 @@ static int Registrar_init(RegistrarObject *self, PyObject *args, PyObject *kwds)
     if (st != PJ_SUCCESS) {
         pjsip_endpt_unregister_module(endpt, &self->mod);
         ss_raise_pj("pjsip_endpt_register_module (nat)", st);
+        return -1;
+    }
+    st = pjsip_endpt_register_module(endpt, &self->count_mod);
+    if (st != PJ_SUCCESS) {
+        pjsip_endpt_unregister_module(endpt, &self->nat_mod);
+        pjsip_endpt_unregister_module(endpt, &self->mod);
+        ss_raise_pj("pjsip_endpt_register_module (response counter)", st);
         return -1;
     }
     pj_str_t reg = pj_str("REGISTER");
@@ -1164,6 +1270,7 @@ static PyObject *Registrar_close(RegistrarObject *self, PyObject *unused) {
     if (self->installed) {
         if (pjsua_get_state() != PJSUA_STATE_NULL) {
             free_retrans(self);
+            pjsip_endpt_unregister_module(pjsua_get_pjsip_endpt(), &self->count_mod);
             pjsip_endpt_unregister_module(pjsua_get_pjsip_endpt(), &self->nat_mod);
             pjsip_endpt_unregister_module(pjsua_get_pjsip_endpt(), &self->mod);
         }
@@ -1389,12 +1496,94 @@ static PyObject *Registrar_stats(RegistrarObject *self, PyObject *unused) {
     long bindings = 0;
     for (int i = 0; i < 4096; i++)
         for (aor_t *a = self->aors[i]; a; a = a->next) bindings += a->count;
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:l}", "register", self->n_register,
-                         "register_ok", self->n_register_ok, "challenges", self->n_challenges, "auth_failures",
-                         self->n_auth_failures, "dropped", self->n_dropped, "invite_passed", self->n_invite_passed,
-                         "invite_challenged", self->n_invite_challenged, "invite_refused", self->n_invite_refused,
-                         "interval_too_brief", self->n_423, "out_of_order", self->n_500, "retransmissions",
-                         self->n_retransmissions, "bindings", bindings);
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:l,s:K,s:K,s:K,s:K,s:l,s:O}", "register",
+                         self->n_register, "register_ok", self->n_register_ok, "challenges", self->n_challenges,
+                         "auth_failures", self->n_auth_failures, "dropped", self->n_dropped, "invite_passed",
+                         self->n_invite_passed, "invite_challenged", self->n_invite_challenged, "invite_refused",
+                         self->n_invite_refused, "interval_too_brief", self->n_423, "out_of_order", self->n_500,
+                         "retransmissions", self->n_retransmissions, "bindings", bindings, "overload_concurrent",
+                         self->n_overload[REFUSED_CONCURRENT], "overload_rate", self->n_overload[REFUSED_RATE],
+                         "overload_cpu", self->n_overload[REFUSED_CPU], "overload_loop_lag",
+                         self->n_overload[REFUSED_LOOP_LAG], "live_inbound",
+                         self->live_inbound + self->passed_since_sync, "overloaded",
+                         self->overloaded ? Py_True : Py_False);
+}
+
+/* configure_limits(max_concurrent, calls_per_second, retry_after): 0 turns a limit off. */
+static PyObject *Registrar_configure_limits(RegistrarObject *self, PyObject *args, PyObject *kwds) {
+    UA_ONLY(NULL);
+    static char *kwlist[] = {"max_concurrent", "calls_per_second", "retry_after", NULL};
+    unsigned max_concurrent = 0, retry_after = 5;
+    double cps = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "IdI", kwlist, &max_concurrent, &cps, &retry_after)) return NULL;
+    if (cps < 0) {
+        PyErr_SetString(PyExc_ValueError, "calls_per_second must be >= 0 (0 = no limit)");
+        return NULL;
+    }
+    self->max_concurrent = max_concurrent;
+    self->retry_after = retry_after;
+    if (cps != self->cps) {
+        self->cps = cps;
+        self->cps_tokens = cps < 1.0 ? 1.0 : cps; /* a new limit starts with a full bucket */
+        self->cps_at = now_ms();
+    }
+    Py_RETURN_NONE;
+}
+
+/* set_overloaded(None | "cpu" | "loop_lag"): while set, every new call is refused. */
+static PyObject *Registrar_set_overloaded(RegistrarObject *self, PyObject *arg) {
+    UA_ONLY(NULL);
+    if (arg == Py_None) {
+        self->overloaded = OVERLOAD_NONE;
+        Py_RETURN_NONE;
+    }
+    const char *reason = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
+    if (reason && strcmp(reason, "cpu") == 0) self->overloaded = OVERLOAD_CPU;
+    else if (reason && strcmp(reason, "loop_lag") == 0) self->overloaded = OVERLOAD_LOOP_LAG;
+    else {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "set_overloaded expects None, \"cpu\" or \"loop_lag\"");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* sync_live_inbound(n): the live inbound legs now; INVITEs admitted before are in n. */
+static PyObject *Registrar_sync_live_inbound(RegistrarObject *self, PyObject *arg) {
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    self->live_inbound = n < 0 ? 0 : n;
+    self->passed_since_sync = 0;
+    Py_RETURN_NONE;
+}
+
+/* overload_refusals() -> (concurrent, rate, cpu, loop_lag): cumulative, cheap to poll. */
+static PyObject *Registrar_overload_refusals(RegistrarObject *self, PyObject *unused) {
+    return Py_BuildValue("(KKKK)", self->n_overload[REFUSED_CONCURRENT], self->n_overload[REFUSED_RATE],
+                         self->n_overload[REFUSED_CPU], self->n_overload[REFUSED_LOOP_LAG]);
+}
+
+/* sip_response_counts() -> {("sent" | "received", code): count}, non-zero entries only. */
+static PyObject *Registrar_sip_response_counts(RegistrarObject *self, PyObject *unused) {
+    PyObject *out = PyDict_New();
+    if (!out) return NULL;
+    for (int dir = 0; dir < 2; dir++) {
+        unsigned long long *counts = dir ? self->responses_received : self->responses_sent;
+        for (int code = 0; code < 700; code++) {
+            unsigned long long n = __atomic_load_n(&counts[code], __ATOMIC_RELAXED);
+            if (!n) continue;
+            PyObject *key = Py_BuildValue("(si)", dir ? "received" : "sent", code);
+            PyObject *value = PyLong_FromUnsignedLongLong(n);
+            if (!key || !value || PyDict_SetItem(out, key, value) < 0) {
+                Py_XDECREF(key);
+                Py_XDECREF(value);
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_DECREF(key);
+            Py_DECREF(value);
+        }
+    }
+    return out;
 }
 
 static PyObject *Registrar_get_realm(RegistrarObject *self, void *c) { return PyUnicode_FromString(self->realm); }
@@ -1411,6 +1600,14 @@ static PyMethodDef Registrar_methods[] = {
     {"unblock", (PyCFunction)Registrar_unblock, METH_O, "Lift a throttle on a source IP."},
     {"blocked_sources", (PyCFunction)Registrar_blocked_sources, METH_NOARGS, "[(ip, seconds left)]."},
     {"stats", (PyCFunction)Registrar_stats, METH_NOARGS, "Counters."},
+    {"configure_limits", (PyCFunction)(void (*)(void))Registrar_configure_limits, METH_VARARGS | METH_KEYWORDS,
+     "Overload limits: max_concurrent, calls_per_second, retry_after (0 = off)."},
+    {"set_overloaded", (PyCFunction)Registrar_set_overloaded, METH_O, "None, 'cpu' or 'loop_lag'."},
+    {"sync_live_inbound", (PyCFunction)Registrar_sync_live_inbound, METH_O, "Live inbound legs now."},
+    {"overload_refusals", (PyCFunction)Registrar_overload_refusals, METH_NOARGS,
+     "(concurrent, rate, cpu, loop_lag) refusals so far."},
+    {"sip_response_counts", (PyCFunction)Registrar_sip_response_counts, METH_NOARGS,
+     "{(\"sent\"|\"received\", code): count}."},
     {"close", (PyCFunction)Registrar_close, METH_NOARGS, "Unregister the module (UA thread)."},
     {NULL}};
 

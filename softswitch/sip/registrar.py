@@ -5,6 +5,10 @@ in `native/registrar.c`, a pjsip module at priority 63. This module configures i
 config, drains its events on the UA loop into typed events, logs every refusal as a security
 event, and answers questions the rest of softswitch asks: where is extension 1001 registered,
 and which trunk or extension did this INVITE come from.
+
+Overload control lives here too: the gate's limits come from `limits`, the live inbound leg
+count is handed to the gate every loop turn, and `overload` (`ops.overload.OverloadMonitor`)
+sets the gate's overloaded flag from CPU and loop lag.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import _softswitch_native as native
+
+from ..ops.overload import LiveInbound, OverloadMonitor, OverloadState, RefusalLog
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -131,7 +137,14 @@ class Registrar:
         # comes with a registration event (or an expiry sweep), which drops the snapshot.
         self._snapshot: list[Binding] | None = None
         self._by_extension: dict[str, list[Binding]] | None = None
+        # Overload control: the native gate refuses; these measure and tell it.
+        self.overload = OverloadMonitor(clock=ua.clock, loop_lag_ms=lambda: ua.loop_stats.recent_max * 1000.0,
+                                        on_change=self._native.set_overloaded)
+        self._live_inbound = LiveInbound()
+        self._unwatch_legs = ua.watch_legs(self._live_inbound)
+        self._refusal_log = RefusalLog(ua.clock, self._native.overload_refusals)
         self.apply_config(config)
+        self.overload.start(ua.timers)
         self._sweep = ua.timers.schedule(EXPIRY_SWEEP_SECONDS, self._expire, "registrar-expiry")
 
     # ---- configuration --------------------------------------------------------------------
@@ -160,6 +173,11 @@ class Registrar:
             host = trunk.address or config.connections[trunk.connection].sip_server  # type: ignore[index]
             self._trunk_rows.append((trunk.name, _resolve(host), trunk.port, self._trunk_codecs[trunk.name]))
         self._push_trunks()
+        lim = config.limits
+        self._native.configure_limits(max_concurrent=lim.max_concurrent_calls,
+                                      calls_per_second=float(lim.max_calls_per_second),
+                                      retry_after=lim.retry_after_seconds)
+        self.overload.set_limits(lim.max_cpu_percent, lim.max_loop_lag_ms)
 
     def set_route_token(self, trunk_ref: str, token: str) -> None:
         """INVITEs whose Request-URI carries `;tk=<token>` come from this registered trunk."""
@@ -206,7 +224,17 @@ class Registrar:
         return Admission(kind, ref, extension, group)
 
     def stats(self) -> dict:
+        """The gate's counters: registrations, challenges, refusals (`overload_concurrent`,
+        `overload_rate`, `overload_cpu`, `overload_loop_lag`), `live_inbound`, `overloaded`."""
         return self._native.stats()
+
+    def sip_response_counts(self) -> dict[tuple[str, int], int]:
+        """SIP responses by ("sent" | "received", status code), every transmission counted
+        (retransmissions too); only non-zero entries."""
+        return self._native.sip_response_counts()
+
+    def overload_state(self) -> OverloadState:
+        return self.overload.state()
 
     def blocked_sources(self) -> list[tuple[str, float]]:
         return self._native.blocked_sources()
@@ -220,7 +248,10 @@ class Registrar:
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
     def poll(self) -> None:
-        """Drain the native event queue (called by the UA loop every turn)."""
+        """Drain the native event queue (called by the UA loop every turn, after the pending
+        callbacks ran) and tell the gate how many inbound legs are live now."""
+        self._native.sync_live_inbound(self._live_inbound.count)
+        self._refusal_log.poll()
         events = self._native.poll_events()
         if any(kind != "security" for kind, _ in events):
             self._bindings_changed()
@@ -248,4 +279,6 @@ class Registrar:
 
     def close(self) -> None:
         self._sweep.cancel()
+        self.overload.stop()
+        self._unwatch_legs()
         self._native.close()
