@@ -65,6 +65,9 @@ class World:
         self.placed: list[str] = []  # leg ids, in placing order
         self.fakes: dict[str, FakeLeg] = {}
 
+    def tell(self, hook) -> None:
+        """FlowEngine.tell: no operations observers (call records) in these tests."""
+
     def track(self, leg) -> FlowLeg:
         flow_leg = FlowLeg(leg, EventQueue(), Retention(leg.id, self.timers, lambda _id: None))
         self.legs[leg.id] = flow_leg

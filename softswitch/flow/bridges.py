@@ -90,6 +90,7 @@ class Bridges:
         self._publish(a, "call_bridge_joined")
         self._publish(b, "call_bridge_joined")
         log.info("bridged %s <-> %s", a.id, b.id)
+        self.engine.tell(lambda o: o.bridged(a.leg, b.leg))
 
     def unbridge(self, leg: "FlowLeg") -> "FlowLeg | None":
         br = self._by_leg.get(leg.id)
@@ -231,6 +232,7 @@ class Bridges:
         for unsubscribe in br.unsubscribes:
             unsubscribe()
         self._split_audio(br)
+        self.engine.tell(lambda o: o.unbridged(br.a.leg, br.b.leg))
         for ticket in br.tickets:
             ticket.release()
         for leg in (br.a, br.b):

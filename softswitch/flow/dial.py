@@ -218,6 +218,7 @@ class Dial:
             return False
         self.attempts[leg.id] = leg
         self.dials._by_attempt[leg.id] = self
+        self.engine.tell(lambda o: o.attempt_placed(self, leg))
         if leg.ended:  # failed inside makeCall: its LegEnded came before we knew the leg
             self.ended_ids.add(leg.id)
             self.last_reason = leg.end_reason or "failed"
@@ -682,6 +683,7 @@ def _make(engine: "FlowEngine", a: Activation) -> None:
                 dial = dials.start_direct_dial(str(a.param("connection") or ""), destinations, **options, **extra)
     except DialError as exc:
         raise NodeFailed(str(exc)) from None
+    engine.tell(lambda o: o.dial_started(dial, a.execution))
     payload: dict = {"dialId": dial.id}
     leg_id = next(iter(dial.attempts)) if len(dial.plans) == 1 and len(dial.attempts) == 1 else None
     if leg_id:
@@ -698,6 +700,7 @@ def _make_websocket(engine: "FlowEngine", a: Activation) -> None:
         dial = engine.dials.start_websocket_dial(profile, params, start_mode=start_mode)  # type: ignore[attr-defined]
     except DialError as exc:
         raise NodeFailed(f"dial.make websocket: {exc}") from None
+    engine.tell(lambda o: o.dial_started(dial, a.execution))
     leg_id = next(iter(dial.attempts))
     a.emit("Result", {"dialId": dial.id, "legId": leg_id}, {"dialId": dial.id, "legId": leg_id})
 

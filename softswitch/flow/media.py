@@ -160,6 +160,8 @@ class MediaOp:
         self.engine.media.pop(self.id, None)
         self.engine.media_snapshots.put(self.id, ended)
         self.res.mix(self.flow_leg)
+        if self.kind == "recording" and ended.details.get("filePath"):  # call records list the file
+            self.engine.tell(lambda o: o.recording_finished(ended.leg_id, str(ended.details["filePath"])))
         log.info("%s %s on %s ended: %s%s%s", self.kind, self.id, self.flow_leg.id, ended.status,
                  f" ({ended.reason})" if ended.reason else "", f" {dict(ended.details)}" if ended.details else "")
         for listener in list(self.listeners):

@@ -52,6 +52,12 @@ class FlowQueues:
         runner.register("queue.getStats", self._stats)
         self.engine.recover()
 
+    def stats_json(self) -> dict[str, Any]:
+        """Every queue's statistics as JSON-ready data, active Queue triggers included even when
+        empty (UA thread; from another thread use `ua.run_sync(queues.stats_json)`)."""
+        active = [(flow.name, t.ref) for flow in self.flow_engine.flows for t in flow.triggers_of("queue")]
+        return self.engine.stats_json(active)
+
     def close(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
@@ -222,6 +228,7 @@ class _ExtensionDialer:
 
         dial.on_finalized(finalized)
         log.info("%s: queue operator dial for %s to %s", dial.id, request.entry_id, ", ".join(request.extensions))
+        self.flow_engine.tell(lambda o: o.queue_dial_started(dial, request))
         return dial.id
 
     def cancel(self, dial_id: str, reason: str) -> None:

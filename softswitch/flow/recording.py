@@ -116,6 +116,7 @@ class GlobalRecording:
         self.recordings._ended(self)
         log.info("%s: call recording %s finalized (%s): %.1f s", self.leg_id, result.path, reason,
                  result.duration_ms / 1000)
+        self.recordings.engine.tell(lambda o: o.recording_finished(self.leg_id, str(result.path)))
         for listener in list(self.listeners):
             listener(self.final)
         return self.final

@@ -20,10 +20,14 @@ from .model import Flow
 from .retention import EventQueue, LegInterrupt, Retention, TerminalSnapshots
 
 if TYPE_CHECKING:
+    from ..queue.engine import OperatorDialRequest
     from ..sip.endpoint import UserAgent
     from ..sip.legs import Leg
+    from .dial import Dial
     from .dtmf import CallWait
+    from .engine import Execution
     from .media import MediaOp
+    from .model import Trigger
 
 log = logging.getLogger("softswitch.flow")
 
@@ -65,6 +69,35 @@ class FlowsReloaded:
         return text
 
 
+class FlowObserver:
+    """What operations tooling (call records, queue events) hears from the flow layer, beside
+    the UA's leg watchers: which flow took a call, who dialed which legs for whom, bridges and
+    recordings. Every method is a no-op here; observers override what they need. Called on the
+    UA thread through `FlowEngine.tell`, so a failing observer is logged and changes nothing."""
+
+    def call_started(self, leg: "Leg", flow: Flow, trigger: "Trigger") -> None:
+        """An admitted inbound leg fired `trigger`'s Call branch."""
+
+    def attempt_placed(self, dial: "Dial", leg: "Leg") -> None:
+        """A dial placed an attempt (also later attempts of a sequential dial)."""
+
+    def dial_started(self, dial: "Dial", execution: "Execution") -> None:
+        """dial.make started `dial` in `execution` (its first attempts are placed)."""
+
+    def queue_dial_started(self, dial: "Dial", request: "OperatorDialRequest") -> None:
+        """The queue started an operator dial for an entry (live caller, or a callback)."""
+
+    def bridged(self, a: "Leg", b: "Leg") -> None: ...
+
+    def unbridged(self, a: "Leg", b: "Leg") -> None: ...
+
+    def recording_finished(self, leg_id: str, path: str) -> None:
+        """A file recorded from a leg is complete (call recording or media.recordAudio)."""
+
+    def close(self) -> None:
+        """The engine shuts down (before the UA hangs up the legs still up)."""
+
+
 def _trigger_keys(flows: Iterable[Flow]) -> list[TriggerKey]:
     return [(t.kind, t.ref) for f in flows for t in f.triggers]
 
@@ -75,6 +108,7 @@ class FlowEngine:
     def __init__(self, ua: "UserAgent", flows: Iterable[Flow]) -> None:
         self.ua = ua
         self.flows = list(flows)
+        self.observers: list[FlowObserver] = []  # operations: call records, queue events (set below)
         # Told when SIGHUP replaces the flows (e.g. queue triggers that appear or disappear).
         self.reload_listeners: list[Callable[[FlowsReloaded], None]] = []
         self.runner = FlowRunner(ua.call_soon)
@@ -104,6 +138,20 @@ class FlowEngine:
         from . import ai
         ai.register(self)
         # -- end AI --
+        # -- operations: call records and queue events as JSON lines, when configured (softswitch/ops) --
+        from ..ops.queue_events import QueueEventLog
+        from ..ops.records import CallRecords
+        records = ua.config.records
+        if records.call_records is not None:
+            self.observers.append(CallRecords.for_engine(self, records.call_records))
+        if records.queue_events is not None:
+            self.observers.append(QueueEventLog.for_engine(self, records.queue_events))
+        # -- end operations --
+
+    def tell(self, hook: Callable[[FlowObserver], None]) -> None:
+        """Run `hook` on every observer, e.g. `engine.tell(lambda o: o.bridged(a, b))`."""
+        for observer in self.observers:
+            self.ua.guard("flow observer", hook, observer)
 
     # ---- reload (SIGHUP) --------------------------------------------------------------------
     def reload(self, flows: Iterable[Flow]) -> FlowsReloaded:
@@ -143,6 +191,7 @@ class FlowEngine:
         self.track(leg)
         payload = self.call_payload(leg, ref, admission.extension if kind == "extensions" else None)
         log.info("%s: flow %s, trigger %s (%s %s)", leg.id, flow.name, trigger.name, kind, ref)
+        self.tell(lambda o: o.call_started(leg, flow, trigger))
         self.runner.fire(flow, trigger, "Call", payload, {"ref": ref, "legId": leg.id})
         self.recordings.offer(flow, trigger, leg, payload.get("extension"))  # Recording branch, if on
 
@@ -221,3 +270,4 @@ class FlowEngine:
             for wait in flow_leg.waits:
                 wait.cancel()
             flow_leg.retention.close()
+        self.tell(lambda o: o.close())  # last: recordings above are finalized into the records

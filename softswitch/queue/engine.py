@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from ..clock import TimerHandle, Timers
 from ..ids import IdFactory
@@ -52,6 +52,9 @@ class OperatorDialRequest:
     entry_id: str
     extensions: tuple[str, ...]
     dial: DialConfig
+    scope: str = ""  # the entry's flow and queue (call records group the dialed legs by them)
+    ref: str = ""
+    leg_id: str | None = None  # the live caller; None for a callback
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,33 @@ class QueueTriggers(Protocol):
         no such trigger is active (the entry then waits for one)."""
 
 
+ENTRY_EVENTS = ("queued", "rejoined", "placed", "position", "callback_requested", "callback_cancelled",
+                "dispatch_started", "dispatch_failed", "taken", "callback_waiting", "abandoned", "offline")
+
+
+@dataclass(frozen=True)
+class QueueEntryEvent:
+    """Something that happened to one entry, for operators (queue event log, call records);
+    flows see `QueueEvent`s instead. `kind` is one of ENTRY_EVENTS; `size` is the queue's
+    entries after the event; `detail` holds what the kind adds (dial, extensions, reason …)."""
+
+    kind: str
+    scope: str
+    ref: str
+    entry_id: str
+    leg_id: str | None
+    caller_number: str
+    mode: str
+    created_at: float  # epoch seconds the entry was queued
+    at: float  # epoch seconds of the event
+    size: int
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def wait_s(self) -> float:
+        return max(0.0, self.at - self.created_at)
+
+
 @dataclass(frozen=True)
 class RecoveryReport:
     kept: int  # callback entries back at their positions
@@ -120,7 +150,13 @@ class QueueEngine:
         self._recovered: set[str] = set()
         self._grace_until = 0.0
         self._waiting_for_trigger: set[str] = set()
+        self._watchers: list[Callable[[QueueEntryEvent], None]] = []
         self.closed = False
+
+    def watch(self, watcher: Callable[[QueueEntryEvent], None]) -> Callable[[], None]:
+        """Tell `watcher` every entry event from now on (after the change is stored); returns a remover."""
+        self._watchers.append(watcher)
+        return lambda: self._watchers.remove(watcher) if watcher in self._watchers else None
 
     # ---- start ----------------------------------------------------------------------------
     def recover(self) -> RecoveryReport:
@@ -194,8 +230,9 @@ class QueueEngine:
             entry.to_ended()
             raise
         self._by_leg[leg_id] = entry
-        log.info("%s: %s in queue %s (flow %s) as %s, position %d", leg_id, what, ref, scope, entry.id,
-                 self._position(entry))
+        position = self._position(entry)
+        log.info("%s: %s in queue %s (flow %s) as %s, position %d", leg_id, what, ref, scope, entry.id, position)
+        self._note(what, entry, position=position)
         self.sink.set_queued(leg_id, True)
         self.sink.interrupt(leg_id, QUEUE_PLACED)
         self._evaluate_soon()
@@ -210,6 +247,7 @@ class QueueEngine:
         entry.callback_enabled = bool(enabled)
         self.store.save(entry)
         log.info("%s: callback %s for queue entry %s", leg_id, "enabled" if enabled else "disabled", entry.id)
+        self._note("callback_requested" if enabled else "callback_cancelled", entry)
         return entry
 
     # ---- what happens to callers and operators ------------------------------------------------
@@ -224,11 +262,14 @@ class QueueEngine:
             entry.retry_not_before = self.wall() + entry.retry_pause_s
             self.store.save(entry)
             self._arm_retry(entry)
+            position = self._position(entry)
             log.info("%s: caller hung up; queue entry %s waits for a callback at position %d",
-                     leg_id, entry.id, self._position(entry))
+                     leg_id, entry.id, position)
+            self._note("callback_waiting", entry, leg_id=leg_id, position=position)
         else:
             self._end(entry, "queue_entry_removed")
             log.info("%s: caller hung up; removed from queue %s", leg_id, entry.ref)
+            self._note("abandoned", entry, leg_id=leg_id)
 
     def dial_finalized(self, outcome: DialOutcome) -> None:
         """The operator dial ended: answered takes the entry; anything else is a retry (§3.3.5)."""
@@ -246,6 +287,8 @@ class QueueEngine:
         if entry.retry_count > entry.retry_attempts:
             log.info("queue %s entry %s: operator dial %s ended (%s); no retries left", entry.ref, entry.id,
                      outcome.dial_id, outcome.reason)
+            self._note("dispatch_failed", entry, dial=outcome.dial_id, reason=outcome.reason,
+                       retry=entry.retry_count, retries=entry.retry_attempts, retry_in_seconds=None)
             self._offline(entry, "queue_retries_exhausted")
             return
         self._maybe_placed(entry)
@@ -254,6 +297,8 @@ class QueueEngine:
         self._arm_retry(entry)
         log.info("queue %s entry %s: operator dial %s ended (%s); retry %d of %d in %g s", entry.ref, entry.id,
                  outcome.dial_id, outcome.reason, entry.retry_count, entry.retry_attempts, entry.retry_pause_s)
+        self._note("dispatch_failed", entry, dial=outcome.dial_id, reason=outcome.reason, retry=entry.retry_count,
+                   retries=entry.retry_attempts, retry_in_seconds=entry.retry_pause_s)
 
     def availability_changed(self, extension: str | None = None) -> None:
         """An operator registered, unregistered, expired, or started or ended a call."""
@@ -278,9 +323,33 @@ class QueueEngine:
             raise QueueError(f"leg {leg_id} is not queued")
         whole = self.stats(entry.scope, entry.ref)
         position = self._position(entry)
+        self._note("position", entry, position=position)  # the hold loop tells the caller
         return QueueStats(ref=whole.ref, size=whole.size, average_wait_s=whole.average_wait_s,
                           completed_count=whole.completed_count, updated_at_ms=whole.updated_at_ms,
                           leg_id=leg_id, position=position, estimated_answer_s=whole.average_wait_s * position)
+
+    def stats_json(self, queues: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
+        """Every queue's statistics as JSON-ready data (for metrics and status): the (flow, ref)
+        pairs in `queues` (the active Queue triggers) and any queue with entries or completed
+        waits. Each carries `queue.getStats`'s fields plus live/callback/dispatching counts and
+        the longest current wait."""
+        now = self.wall()
+        by_queue: dict[tuple[str, str], list[QueueEntry]] = {}
+        for entry in self._entries.values():
+            if not entry.ended:
+                by_queue.setdefault((entry.scope, entry.ref), []).append(entry)
+        keys = dict.fromkeys([*queues, *sorted(by_queue), *sorted(self._stats)])
+        out = []
+        for scope, ref in keys:
+            entries = by_queue.get((scope, ref), [])
+            completion = self._stats.get((scope, ref), CompletionStats())
+            out.append({
+                "flow": scope, "ref": ref, "size": len(entries), "averageWaitSeconds": completion.average_wait_s,
+                "completedCount": completion.completed_count, "updatedAt": int(now * 1000),
+                "live": sum(1 for e in entries if e.live), "callbacks": sum(1 for e in entries if not e.live),
+                "dispatching": sum(1 for e in entries if e.dispatching),
+                "longestWaitSeconds": round(max((now - e.created_at for e in entries), default=0.0), 3)})
+        return {"queues": out, "updatedAt": int(now * 1000)}
 
     def entries(self, scope: str, ref: str) -> list[QueueEntry]:
         """A queue's entries in order (callback entries included)."""
@@ -350,7 +419,9 @@ class QueueEngine:
         if not available:
             self._maybe_placed(entry)
             return
-        dial_id = self.dialer.start(OperatorDialRequest(entry.id, available, entry.dial), self.dial_finalized)
+        request = OperatorDialRequest(entry.id, available, entry.dial, entry.scope, entry.ref,
+                                      entry.leg_id if entry.live else None)
+        dial_id = self.dialer.start(request, self.dial_finalized)
         if not dial_id:
             self._maybe_placed(entry)  # nobody could be rung after all: wait for the next change
             return
@@ -360,6 +431,7 @@ class QueueEngine:
         leg_id = entry.leg_id if entry.live else None
         log.info("queue %s entry %s: dispatching %s to %s (dial %s)", entry.ref, entry.id, entry.mode.value,
                  ", ".join(available), dial_id)
+        self._note("dispatch_started", entry, dial=dial_id, extensions=list(available))
         self.sink.publish(QueueDispatch(entry.scope, entry.ref, entry.caller_number, entry.caller_name,
                                         entry.trunk_ref, mode=entry.mode.value, dial_id=dial_id, leg_id=leg_id))
 
@@ -369,6 +441,7 @@ class QueueEngine:
             return
         entry.placed_published = True
         log.info("queue %s entry %s: placed (no operator free)", entry.ref, entry.id)
+        self._note("placed", entry)
         self.sink.publish(QueuePlaced(entry.scope, entry.ref, entry.caller_number, entry.caller_name,
                                       entry.trunk_ref, leg_id=entry.leg_id))
 
@@ -383,6 +456,7 @@ class QueueEngine:
         self._stats[(entry.scope, entry.ref)] = self.store.complete(entry, wait_s, now)
         log.info("queue %s entry %s: taken by %s after %.1f s (dial %s)", entry.ref, entry.id,
                  outcome.winner_leg_id or "an operator", wait_s, outcome.dial_id)
+        self._note("taken", entry, dial=outcome.dial_id, agent_leg=outcome.winner_leg_id)
         if leg_id is not None:
             self.sink.set_queued(leg_id, False)
             self.sink.interrupt(leg_id, QUEUE_REMOVED)
@@ -394,6 +468,7 @@ class QueueEngine:
             self.sink.set_queued(leg_id, False)
             self.sink.interrupt(leg_id, QUEUE_REMOVED)
         log.info("queue %s entry %s: offline (%s)", entry.ref, entry.id, reason)
+        self._note("offline", entry, reason=reason)
         self.sink.publish(QueueOffline(entry.scope, entry.ref, entry.caller_number, entry.caller_name,
                                        entry.trunk_ref, mode=mode, leg_id=leg_id, reason=reason))
 
@@ -420,6 +495,20 @@ class QueueEngine:
         self.dialer.cancel(dial_id, reason)
 
     # ---- helpers ------------------------------------------------------------------------------
+    def _note(self, kind: str, entry: QueueEntry, *, leg_id: str | None = None, **detail: Any) -> None:
+        """Tell the watchers (none: no cost beyond this check); a failing watcher is logged.
+        The event's leg is `leg_id` (a caller that just left), else the live entry's caller."""
+        if not self._watchers:
+            return
+        size = sum(1 for e in self._entries.values() if e.scope == entry.scope and e.ref == entry.ref and not e.ended)
+        event = QueueEntryEvent(kind, entry.scope, entry.ref, entry.id, leg_id or (entry.leg_id if entry.live else None),
+                                entry.caller_number, entry.mode.value, entry.created_at, self.wall(), size, detail)
+        for watcher in list(self._watchers):
+            try:
+                watcher(event)
+            except Exception:
+                log.exception("queue %s entry %s: a watcher of %s failed", entry.ref, entry.id, kind)
+
     def _rejoin_candidate(self, scope: str, ref: str, trunk_ref: str, caller_number: str) -> QueueEntry | None:
         if not caller_number:
             return None
