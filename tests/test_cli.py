@@ -110,3 +110,28 @@ def test_status_summarises_a_running_server_and_json_is_its_status_document(tmp_
     doc = json.loads(as_json.stdout)
     assert doc["version"] == __version__ and doc["stale"] is False
     assert doc["listen"] == direct["listen"] and doc["counts"] == direct["counts"]
+
+
+def test_status_summary_lists_queues_trunks_and_overload():
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from softswitch.cli import _status_summary
+    from softswitch.ops import metrics as m
+    from softswitch.sip.endpoint import LoopStats
+
+    ua = SimpleNamespace(handler=None, registrar=None, trunks=None, loop_stats=LoopStats(), listen=None)
+    snap = replace(
+        m.Metrics(ua).collect(), uptime_s=3723.0, inbound_calls_active=4,
+        legs_active={("inbound", "sip"): 4, ("outbound", "sip"): 1},
+        trunks=(m.TrunkGauge("provider", True, False, 403, "Forbidden"),),
+        queues=(m.QueueGauge("demo", "queue_support", 3, 1, 42.0, 10, 20.0, {"completedCount": 10,
+                                                                            "averageWaitSeconds": 20.0}),),
+        overload=m.OverloadGauge(True, "cpu", 97.0, 12.0, {"concurrent": 0, "cpu": 7}))
+    text = _status_summary(m.status_document(snap, stale=True), "127.0.0.1:9100")
+    assert text.splitlines()[0].startswith(f"softswitch {__version__} at 127.0.0.1:9100, up 1h02m03s (STALE")
+    assert "calls: 4 inbound active; legs: 5 (inbound sip 4, outbound sip 1)" in text
+    assert "trunk provider: NOT registered (403 Forbidden)" in text
+    assert ("  queue_support (demo): 3 waiting, longest 42 s, 1 callbacks pending; 10 answered, average wait 20 s"
+            in text.splitlines())
+    assert "overload: OVERLOADED (cpu)" in text and "refused: cpu 7" in text
