@@ -128,13 +128,12 @@ def test_queue_gauges_count_live_callers_callbacks_the_longest_wait_and_complete
         world.run()
         world.finish(world.dialer.last(), answered=True)  # leg_a taken after 15 s
         world.run(2)
-        flows = [SimpleNamespace(name=SCOPE, triggers_of=lambda kind: [SimpleNamespace(ref="support")])]
-        handler = SimpleNamespace(flows=flows, queues=SimpleNamespace(engine=world.engine))
-        metrics = m.Metrics(fake_ua(handler=handler))
-        metrics.leg_created(leg("leg_b"))
-        (q,) = metrics.collect().queues
+        queues = SimpleNamespace(engine=world.engine, stats_json=lambda: world.engine.stats_json([(SCOPE, "empty")]))
+        snap = m.Metrics(fake_ua(handler=SimpleNamespace(queues=queues))).collect()
+        empty, q = snap.queues  # a Queue trigger with no one in it is listed too
+        assert (empty.ref, empty.size, empty.completed_count) == ("empty", 0, 0)
         assert (q.flow, q.ref, q.live, q.callbacks, q.size) == (SCOPE, "support", 1, 1, 2)
-        assert q.longest_wait_s == pytest.approx(7.0)  # leg_b, queued at 10 s, now 17 s
+        assert q.longest_wait_s == pytest.approx(7.0)  # leg_b and leg_c, queued at 10 s, now 17 s
         assert q.completed_count == 1 and q.wait_sum_s == pytest.approx(15.0)
         assert q.stats["size"] == 2 and q.stats["updatedAt"] == int(world.engine.wall() * 1000)
     finally:

@@ -36,7 +36,7 @@ class QueueGauge:
     ref: str
     live: int  # callers on the line
     callbacks: int  # entries in callback mode (the caller hung up, asked to be called back)
-    longest_wait_s: float  # the longest-waiting live caller; 0 when none
+    longest_wait_s: float  # the longest-waiting entry; 0 when none
     completed_count: int
     average_wait_s: float
     stats: Mapping[str, Any]  # the queue.getStats payload
@@ -211,7 +211,7 @@ class Metrics:
             registrations=len(bindings),
             registered_extensions=extensions,
             trunks=_trunks(ua),
-            queues=_queues(handler, self._live),
+            queues=_queues(handler),
             recordings_active=len(getattr(recordings, "by_leg", ()) or ()),
             recordings_finished=getattr(recordings, "finished", None),
             executions_active=len({id(a.execution) for a in runner.running.values()}) if runner is not None else 0,
@@ -254,28 +254,18 @@ def _trunks(ua: "UserAgent") -> tuple[TrunkGauge, ...]:
                  for _, s in sorted(ua.trunks.status().items()))
 
 
-def _queues(handler: Any, live_legs: Mapping[str, LegKey]) -> tuple[QueueGauge, ...]:
-    """Every queue a flow has a trigger for, and any other queue a live caller waits in."""
+def _queues(handler: Any) -> tuple[QueueGauge, ...]:
+    """Every queue a flow has a trigger for, and any other queue with entries or completed waits."""
     flow_queues = getattr(handler, "queues", None)
-    engine = getattr(flow_queues, "engine", None)
-    if engine is None or engine.closed:
+    if flow_queues is None or getattr(flow_queues.engine, "closed", True):
         return ()
-    keys = {(flow.name, t.ref) for flow in getattr(handler, "flows", ()) for t in flow.triggers_of("queue")}
-    for leg_id, (direction, _) in live_legs.items():
-        if direction == "inbound":
-            entry = engine.entry_for_leg(leg_id)
-            if entry is not None and not entry.ended:
-                keys.add((entry.scope, entry.ref))
-    now = engine.wall()
     gauges = []
-    for scope, ref in sorted(keys):
-        entries = engine.entries(scope, ref)
-        live = [e for e in entries if e.live]
-        stats = engine.stats(scope, ref)
-        gauges.append(QueueGauge(
-            flow=scope, ref=ref, live=len(live), callbacks=len(entries) - len(live),
-            longest_wait_s=max((now - e.created_at for e in live), default=0.0),
-            completed_count=stats.completed_count, average_wait_s=stats.average_wait_s, stats=stats.payload()))
+    for q in flow_queues.stats_json()["queues"]:
+        stats = {"ref": q["ref"], "size": q["size"], "averageWaitSeconds": q["averageWaitSeconds"],
+                 "completedCount": q["completedCount"], "updatedAt": q["updatedAt"]}  # as queue.getStats gives
+        gauges.append(QueueGauge(flow=q["flow"], ref=q["ref"], live=q["live"], callbacks=q["callbacks"],
+                                 longest_wait_s=q["longestWaitSeconds"], completed_count=q["completedCount"],
+                                 average_wait_s=q["averageWaitSeconds"], stats=stats))
     return tuple(gauges)
 
 
@@ -398,7 +388,7 @@ def families(snap: MetricsSnapshot | None, *, stale: bool, process: ProcessGauge
         size = _Family("softswitch_queue_size", "gauge", "Queue entries, live callers plus callbacks pending")
         waiting = _Family("softswitch_queue_waiting", "gauge", "Callers on the line waiting in a queue")
         callbacks = _Family("softswitch_queue_callbacks_pending", "gauge", "Queue entries waiting for a callback")
-        longest = _Family("softswitch_queue_longest_wait_seconds", "gauge", "Wait so far of the longest-waiting caller")
+        longest = _Family("softswitch_queue_longest_wait_seconds", "gauge", "Wait so far of the longest-waiting entry (caller or callback)")
         waits = _Family("softswitch_queue_wait_seconds", "summary", "Completed queue waits (until an operator answered)")
         for q in snap.queues:
             labels = {"flow": q.flow, "queue": q.ref}
