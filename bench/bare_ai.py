@@ -131,7 +131,13 @@ class BareAiBridge:
 
     `media` is the call's `pj.AudioMedia` (or its conference slot id). `failure` is set (and
     printed as "AI provider openai_realtime: <reason> (<detail>)", the form softswitch logs)
-    when the provider side ended before `stop`."""
+    when the provider side ended before `stop`. Use:
+
+        bridge = BareAiBridge(call.getAudioMedia(mi.index), "ws://127.0.0.1:9000")  # media active
+        bridge.start()
+        bridge.poll()  # every loop turn, after libHandleEvents
+        bridge.stop()  # once the call is disconnected (from the loop, not inside a callback)
+    """
 
     def __init__(self, media: Any, url: str, io: AiIo | None = None, *, name: str = "ai",
                  api_key: str = "bench-key") -> None:

@@ -54,7 +54,7 @@ BENCHES = (
     Bench("bridged", "queue call through the demo flow: recorded, bridged to an agent (30 s)", "queue_capacity.py",
           (), "70,100,140,180"),
     Bench("ai", "call streamed to an AI provider (fake OpenAI Realtime, echo; 10 s)", "ai_capacity.py",
-          ("--target", "both"), "50,100,150,200,250"),
+          ("--target", "both"), "50,100,150,200,250,300"),
 )
 
 
