@@ -72,3 +72,11 @@ def log_time(text: str, needle: str, nth: int = 0) -> float:
 def no_errors(server) -> None:
     text = server.text()
     assert "Traceback" not in text and " ERROR " not in text, text[-5000:]
+
+
+def json_lines(path: Path) -> list[dict]:
+    """Every object of a JSON-lines file (call records, queue events), in order; [] if absent."""
+    import json
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
