@@ -29,10 +29,7 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -40,12 +37,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-import capacity  # noqa: E402
 from capacity import StepHooks, Workload, ceiling, run_step, source_revision  # noqa: E402
 from tests.support.audio import tone  # noqa: E402
 from tests.support.capture import LoopbackCapture  # noqa: E402
 from tests.support.pcap import read_pcap, write_rtp_pcap  # noqa: E402
-from tests.support.ports import free_port, free_port_block  # noqa: E402
 
 KEY_ENV = "SOFTSWITCH_BENCH_AI_KEY"
 ANSWER_P99_GOAL_MS = 50.0
@@ -155,43 +150,7 @@ def workload(tmp: Path, call_s: float) -> Workload:
     write_rtp_pcap(caller_pcap, tone(440, call_s))
     return Workload("ai", call_s, "uac_call_pcap", {"caller": "5550100", "hold_ms": int(call_s * 1000)},
                     caller_pcap, prompts, softswitch_sections={"flows": [str(flow)]},
-                    expected_tone=(440.0, call_s / 2), hooks=lambda system, step_dir, n: AiHooks(step_dir))
-
-
-class BareAiServer(capacity.BareServer):
-    """capacity.BareServer with bench/bare_ai.py instead of bare_pjsua2.py (same arguments, same
-    readiness line). capacity.py's Workload has no field naming the bare script, so `bare_ai_server`
-    swaps this class in for the bare steps of this script."""
-
-    def __init__(self, step_dir: Path, workload: Workload, extra_args: tuple[str, ...] = ()) -> None:
-        self.sip_port = free_port("udp")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "bench" / "bare_ai.py"), "--port", str(self.sip_port),
-             "--rtp-port", str(free_port_block(2000)), "--rtp-count", "2000", *workload.bare_args, *extra_args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        ready = threading.Event()
-        self.lines: list[str] = []
-
-        def pump() -> None:
-            for line in self.proc.stdout:
-                self.lines.append(line)
-                if "bare pjsua2 ready" in line:
-                    ready.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        if not ready.wait(20):
-            self.stop()
-            raise RuntimeError("bare_ai.py did not start:\n" + "".join(self.lines))
-
-
-@contextmanager
-def bare_ai_server() -> Iterator[None]:
-    original = capacity.BareServer
-    capacity.BareServer = BareAiServer
-    try:
-        yield
-    finally:
-        capacity.BareServer = original
+                    expected_tone=(440.0, call_s / 2), hooks=lambda system, step_dir, n: AiHooks(step_dir), bare_script="bare_ai.py")
 
 
 def main() -> int:
@@ -206,7 +165,7 @@ def main() -> int:
     steps = [int(s) for s in args.steps.split(",")]
     systems = TARGETS[args.target]
     results = []
-    with tempfile.TemporaryDirectory(prefix="ai-capacity-") as tmp_s, bare_ai_server():
+    with tempfile.TemporaryDirectory(prefix="ai-capacity-") as tmp_s:
         tmp = Path(tmp_s)
         load = workload(tmp, args.call_s)
         for system in systems:

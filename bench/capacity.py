@@ -58,7 +58,8 @@ class Workload:
     prompts: Path  # directory of the prompts both servers play
     softswitch_sections: Mapping[str, object] = field(default_factory=dict)  # config beyond ports/prompts
     softswitch_args: tuple[str, ...] = ()  # `softswitch run` arguments
-    bare_args: tuple[str, ...] = ()  # bare_pjsua2.py arguments; "{step}" is the step's directory
+    bare_args: tuple[str, ...] = ()  # the bare script's arguments; "{step}" is the step's directory
+    bare_script: str = "bare_pjsua2.py"  # the bare baseline, in bench/
     # (Hz, minimum seconds) of a tone every server stream must carry: proof that each call
     # really took the path the workload expects, not just that it ended well.
     expected_tone: tuple[float, float] | None = None
@@ -173,7 +174,7 @@ class BareServer:
     def __init__(self, step_dir: Path, workload: Workload, extra_args: tuple[str, ...] = ()) -> None:
         self.sip_port = free_port("udp")
         self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "bench" / "bare_pjsua2.py"), "--port", str(self.sip_port),
+            [sys.executable, str(REPO / "bench" / workload.bare_script), "--port", str(self.sip_port),
              "--rtp-port", str(free_port_block(2000)), "--rtp-count", "2000",
              *(arg.replace("{step}", str(step_dir)) for arg in (*workload.bare_args, *extra_args))],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -67,8 +67,7 @@ def test_bare_ai_baseline_streams_each_call_to_the_provider_and_plays_its_audio_
     from capacity import run_step
 
     load = ai_capacity.workload(tmp_path, 4.0)
-    with ai_capacity.bare_ai_server():
-        step = run_step(load, "bare", 1, tmp_path)
+    step = run_step(load, "bare", 1, tmp_path)
     assert step.successful == 2 and step.failed == 0
     assert step.tone_streams == 2, step
     assert step.checks["ai_legs_lost"] == 0
