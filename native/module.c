@@ -112,6 +112,25 @@ static PyObject *conf_listeners(PyObject *self, PyObject *arg) {
     return list;
 }
 
+/* player_seamless_loop(slot): a looping WAV player whose end-of-file callback is set returns one
+ * empty frame at every wrap-around (pjmedia's file_get_frame). pjsua2 always sets that callback,
+ * so a looped tone or hold music had a 20 ms hole per loop. A player that loops forever needs no
+ * end-of-file: clearing the callback makes pjmedia rewind within the same frame. */
+static PyObject *player_seamless_loop(PyObject *self, PyObject *arg) {
+    int slot = (int)PyLong_AsLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    if (ss_require_pj_thread()) return NULL;
+    for (unsigned i = 0; i < PJ_ARRAY_SIZE(pjsua_var.player); i++) {
+        if (pjsua_var.player[i].port && (int)pjsua_var.player[i].slot == slot) {
+            pj_status_t st = pjmedia_wav_player_set_eof_cb2(pjsua_var.player[i].port, NULL, NULL);
+            if (st != PJ_SUCCESS) return ss_raise_pj("pjmedia_wav_player_set_eof_cb2", st);
+            Py_RETURN_NONE;
+        }
+    }
+    PyErr_Format(PyExc_ValueError, "no file player on bridge slot %d", slot);
+    return NULL;
+}
+
 static PyObject *limits(PyObject *self, PyObject *unused) {
     return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:s}", "max_calls", PJSUA_MAX_CALLS, "max_players",
                          PJSUA_MAX_PLAYERS, "max_recorders", PJSUA_MAX_RECORDERS, "max_conf_ports",
@@ -127,6 +146,7 @@ static PyMethodDef methods[] = {
     {"conf_max_ports", conf_max_ports, METH_NOARGS, "Bridge capacity in ports."},
     {"conf_active_ports", conf_active_ports, METH_NOARGS, "Ports currently on the bridge."},
     {"conf_listeners", conf_listeners, METH_O, "Slots that receive audio from this slot."},
+    {"player_seamless_loop", player_seamless_loop, METH_O, "player_seamless_loop(slot): a looping file player rewinds without an empty frame (no end-of-file callback)."},
     {"limits", limits, METH_NOARGS, "The compile-time limits of the pjproject build this module uses."},
     {NULL}};
 

@@ -108,3 +108,27 @@ def test_a_connection_level_scales_that_connection_only(ua, tmp_path):
         assert rms(b) / rms(a) == pytest.approx(0.25, abs=0.04)
     finally:
         ua.run_sync(lambda: (player.stop(), full.stop(), half.stop()))
+
+
+def test_a_looping_player_wraps_around_without_an_empty_frame(ua, tmp_path):
+    # A 100 ms tone looped: 2 s crosses about 20 wrap-arounds. pjmedia inserts an empty frame at
+    # each wrap when an end-of-file callback is set (pjsua2 always sets one); looping players clear it.
+    wav = tmp_path / "short.wav"
+    sf.write(wav, tone(1000, 0.1), 8000, subtype="PCM_16")
+
+    def start():
+        port = FramePort(ua, "loop", capacity_frames=200)
+        player = PromptPlayer(ua, wav, loop=True)
+        bridge.connect(player.slot, port.slot)
+        return port, player
+
+    port, player = ua.run_sync(start)
+    try:
+        settle(2.0)
+        audio = ua.run_sync(lambda: port.read().copy())
+    finally:
+        ua.run_sync(lambda: (player.stop(), port.stop()))
+    frames = audio[: audio.size // 160 * 160].reshape(-1, 160)[2:]  # skip the first connection frames
+    assert len(frames) >= 80
+    levels = [rms(frame) for frame in frames]
+    assert min(levels) > 0.3 * max(levels), f"a quiet frame among {len(frames)}: min {min(levels):.1f}, max {max(levels):.1f}"

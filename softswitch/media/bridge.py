@@ -180,3 +180,8 @@ def active_ports() -> int:
 def build_limits() -> dict:
     """The limits compiled into the pjproject build (calls, players, recorders, bridge ports)."""
     return native.limits()
+
+
+def seamless_loop(player_slot: int) -> None:
+    """Make a looping file player rewind without the empty frame pjmedia inserts at each wrap."""
+    native.player_seamless_loop(player_slot)

@@ -1,7 +1,7 @@
 """Prompt players: a WAV file played into one or more bridge slots, with end-of-file delivered
 to the UA thread. The end-of-file callback runs on the bridge's clock thread, so it only posts
 a command; everything else happens on the UA loop. A looping player never ends by itself
-(pjmedia reports every wrap-around as an end of file; those are ignored)."""
+(its end-of-file callback is cleared, so pjmedia rewinds without an empty frame)."""
 
 from __future__ import annotations
 
@@ -55,6 +55,8 @@ class PromptPlayer:
             if unlink:
                 self.path.unlink(missing_ok=True)
         self.slot: int = self._player.getPortId()
+        if loop:
+            bridge.seamless_loop(self.slot)
         ua.keep(self)
 
     def play_to(self, slot: int, level: float = 1.0) -> None:
