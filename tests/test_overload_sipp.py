@@ -93,11 +93,10 @@ def test_invites_at_twice_the_concurrent_limit_get_503_and_admitted_calls_keep_c
         assert 5.0 < stream.duration_seconds() < 7.5, stream.duration_seconds()
         audio = stream.audio()
         assert heard(audio, 440)
-        # 20 ms frames, the first and last 0.2 s aside. The looped tone file has one silent frame
-        # at each 1 s loop seam (the WAV player's end of file); a stall would silence several in a row.
+        # 20 ms frames, the first and last 0.2 s aside: the looped tone has no silent frame, not
+        # even at its loop seams, and a stall would silence some.
         silent = frame_rms(audio[1600:-1600]) < 0.05
-        assert not np.any(silent[1:] & silent[:-1]), "two silent frames in a row inside the tone"
-        assert silent.sum() <= stream.duration_seconds() + 1
+        assert not np.any(silent), f"{silent.sum()} silent frames inside the tone"
         assert len(stream.audio_packets()) >= 50 * (stream.duration_seconds() - 0.1)
 
     # Once the admitted calls have ended, a new call is admitted again.
