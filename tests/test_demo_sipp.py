@@ -9,6 +9,7 @@ the test runs a copy of the flow with only those numbers shortened, and says so.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -404,6 +405,7 @@ def test_builtin_default_config_runs_the_assembled_demo(tmp_path):
     port, rtp = free_port("both"), free_port_block(400, "udp")
     overrides = {"sip.udp_port": port, "sip.tcp_port": port, "sip.rtp_port_start": rtp, "sip.rtp_port_count": 400,
                  "directories.recordings": tmp_path / "recordings", "directories.state": tmp_path / "state",
+                 "records.call_records": tmp_path / "calls.jsonl", "records.queue_events": tmp_path / "queue.jsonl",
                  "logging.level": "debug"}
     args = [a for key, value in overrides.items() for a in ("--set", f"{key}={value}")]
     server = ServerProcess(None, args, port=port).start()
@@ -422,3 +424,6 @@ def test_builtin_default_config_runs_the_assembled_demo(tmp_path):
     (recording,) = (tmp_path / "recordings").glob("leg_*.wav")  # the trunk call (agents' set records nothing)
     audio, rate = sf.read(recording, dtype="int16")
     assert audio.shape[1] == 2 and abs(len(audio) / rate - 7.0) < 1.0
+    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    trunk_calls = [c for c in calls if c["from"] == "5551234"]
+    assert len(trunk_calls) == 1 and trunk_calls[0]["queue"]["outcome"] == "taken", calls
