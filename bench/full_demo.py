@@ -522,7 +522,7 @@ class TargetRun:
             time.sleep(1)
             if self.progress is not None and sampler.samples:
                 self.progress(sampler.samples[-1])
-            if time.monotonic() > next_note:
+            if self.progress is None and time.monotonic() > next_note:
                 next_note += 30
                 live = sum(current_calls(s.trace_dir) for _, _, s in callers)
                 s = sampler.samples[-1] if sampler.samples else {}
@@ -569,9 +569,10 @@ class TargetRun:
         agent_res, customer_res = agents.result, customers.result
         outcomes = _uas_outcomes(agent_res.logs if agent_res else "")
         customer_outcomes = _uas_outcomes(customer_res.logs if customer_res else "")
-        r["agents"] = {"invites": int(stat_row(agents.trace_dir).get("TotalCallCreated", "0") or 0), **outcomes}
+        r["agents"] = {"invites": int(stat_row(agents.trace_dir).get("TotalCallCreated", "0") or 0),
+                       "failed": agent_res.failed if agent_res else None, **outcomes}
         r["customers"] = {"invites": int(stat_row(customers.trace_dir).get("TotalCallCreated", "0") or 0),
-                          **customer_outcomes}
+                          "failed": customer_res.failed if customer_res else None, **customer_outcomes}
         if load.capture and (self.dir / "rtp.pcap").exists():
             cap = analyse_capture(self.dir / "rtp.pcap", handled_ports,
                                   {agents.media_port: "agents", customers.media_port: "customers"})
@@ -618,6 +619,9 @@ def verdict(r: dict) -> tuple[bool, list[str]]:
     why = []
     if r["calls"]["failed"]:
         why.append(f"{r['calls']['failed']} calls failed")
+    for peer in ("agents", "customers"):
+        if r[peer]["failed"]:
+            why.append(f"{r[peer]['failed']} {peer}' calls failed")
     if r["rtp"] is not None and not r["rtp"]["gap_p99_ms"] < CLEAN_GAP_P99_MS:
         why.append(f"RTP gap p99 {r['rtp']['gap_p99_ms']} ms")
     rec = r["recordings"]
@@ -858,10 +862,8 @@ def run_targets(targets: list[str], load: Load, base: Path) -> dict[str, dict]:
     return results
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cps", type=float, default=1.0, help="calls per second arriving (default 1)")
-    ap.add_argument("--duration", type=float, default=120.0, help="seconds of arrivals (default 120)")
+def add_load_args(ap: argparse.ArgumentParser) -> None:
+    """The load's options, shared with bench/soak.py."""
     ap.add_argument("--agents", type=int, default=None,
                     help="agents registered (default: 90 %% of the agent load the queue callers offer, in Erlangs)")
     ap.add_argument("--mix", type=parse_mix, default=parse_mix("support=45,sales=25,assistant=15,callback=15"),
@@ -874,11 +876,24 @@ def main() -> int:
     ap.add_argument("--no-answer", type=float, default=0.25, help="share of callback customers not answering (0.25)")
     ap.add_argument("--bare-queue-wait", type=float, default=12.0,
                     help="bare: seconds of hold music before the agent is dialled (default 12)")
+    ap.add_argument("--keep", action="store_true", help="keep the run directory (logs, recordings, capture)")
+
+
+def load_from_args(args: argparse.Namespace, cps: float, duration_s: float, capture: bool) -> Load:
+    agents = args.agents or default_agents(cps, args.mix, args.talk, args.answer_delay)
+    return Load(cps, duration_s, agents, args.mix, args.hold, args.talk, args.answer_delay, args.no_answer,
+                args.bare_queue_wait, capture=capture)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cps", type=float, default=1.0, help="calls per second arriving (default 1)")
+    ap.add_argument("--duration", type=float, default=120.0, help="seconds of arrivals (default 120)")
+    add_load_args(ap)
     ap.add_argument("--target", choices=("softswitch", "bare", "both"), default="both")
     ap.add_argument("--find-capacity", action="store_true", help="ramp over --rates; report the highest clean rate")
     ap.add_argument("--rates", default="2,4,6,8", help="calls/s steps for --find-capacity (default 2,4,6,8)")
     ap.add_argument("--no-capture", action="store_true", help="no loopback capture (no RTP gaps, no handled counts)")
-    ap.add_argument("--keep", action="store_true", help="keep the run directory (logs, recordings, capture)")
     ap.add_argument("--json", default=None, help="default bench/results/full_demo.json (full_demo_capacity.json "
                                                  "with --find-capacity)")
     args = ap.parse_args()
@@ -889,9 +904,7 @@ def main() -> int:
                      ("full_demo_capacity.json" if args.find_capacity else "full_demo.json"))
 
     def load_at(cps: float) -> Load:
-        return Load(cps, args.duration, args.agents or default_agents(cps, args.mix, args.talk, args.answer_delay),
-                    args.mix, args.hold, args.talk, args.answer_delay, args.no_answer, args.bare_queue_wait,
-                    capture=not args.no_capture)
+        return load_from_args(args, cps, args.duration, not args.no_capture)
 
     before = load_note()
     print(before + (f"; run directory {base} (kept)" if args.keep else ""), flush=True)
@@ -902,13 +915,15 @@ def main() -> int:
             steps, capacity = [], {}
             for target in targets:
                 capacity[target] = 0.0
-                for cps in [float(x) for x in args.rates.split(",")]:
+                for cps in [float(x) for x in args.rates.split(",")]:  # ascending
                     r = run_targets([target], load_at(cps), base)[target]
                     steps.append({"target": target, "cps": cps, **r})
                     if not r["clean"]:
                         break
                     capacity[target] = cps
-            doc.update({"mode": "find-capacity", "load": asdict(load_at(0)) | {"cps": None}, "steps": steps,
+            rates = [float(x) for x in args.rates.split(",")]
+            doc.update({"mode": "find-capacity", "steps": steps,
+                        "load": asdict(load_at(rates[0])) | {"cps": None, "agents": args.agents or "auto"},
                         "capacity_cps": capacity})
             print("\nhighest clean rate: " + ", ".join(f"{t} {c:g} calls/s" for t, c in capacity.items()))
             if "softswitch" in capacity and capacity.get("bare"):
