@@ -42,9 +42,10 @@ A run is clean when no call failed, RTP gap p99 < 30 ms, every recording is vali
 answered call, and nothing was logged at ERROR. `--find-capacity` runs short steps at each of
 `--rates` per target and reports the highest clean rate before the first unclean one.
 
-    .venv/bin/python bench/full_demo.py --cps 0.5 --duration 40 --hold 30 --agents 6   # smoke, ~6 min
-    .venv/bin/python bench/full_demo.py --cps 2 --duration 300                          # ~20 min
-    .venv/bin/python bench/full_demo.py --find-capacity --rates 2,4,6,8 --duration 90
+    .venv/bin/python bench/full_demo.py --cps 0.5 --duration 40 --hold 30 --talk 10-20   # smoke, ~5 min
+    .venv/bin/python bench/full_demo.py --cps 2 --duration 300     # both targets, ~8 min each
+    .venv/bin/python bench/full_demo.py --find-capacity --rates 2,4,6,8 --duration 120
+                                                   # ~4.5 min per step and target, up to ~36 min
 """
 
 from __future__ import annotations
@@ -371,12 +372,18 @@ def demo_flow(support: list[str], sales: list[str], path: Path) -> Path:
 
 
 def stat_row(trace_dir: Path) -> dict[str, str]:
-    """The last row of a SIPp stat CSV (written every second)."""
+    """The last row of a SIPp stat CSV (a row a second: only its header and its tail are read)."""
     try:
-        lines = [x for x in (trace_dir / "stat.csv").read_text(errors="replace").splitlines() if x.strip()]
+        with open(trace_dir / "stat.csv", "rb") as f:
+            header = f.readline().decode(errors="replace").strip()
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            tail = [x for x in f.read().decode(errors="replace").splitlines() if x.strip()]
     except FileNotFoundError:
         return {}
-    return dict(zip(lines[0].split(";"), lines[-1].split(";"))) if len(lines) > 1 else {}
+    if not header or not tail or tail[-1].strip() == header:
+        return {}
+    return dict(zip(header.split(";"), tail[-1].split(";")))
 
 
 def current_calls(trace_dir: Path) -> int:
@@ -670,6 +677,14 @@ def softswitch_figures(log: str, run_dir: Path) -> dict:
     out["callbacks"] = {"requested": len(re.findall(r": callback enabled for queue entry ", log)),
                         "waiting_after_hang_up": len(re.findall(r"waits for a callback at position", log)),
                         "dispatched": sum(1 for m in dispatch.values() if m == "callback")}
+    if events is not None:
+        counts: dict[str, int] = {}
+        for event in events:
+            counts[str(event.get("event"))] = counts.get(str(event.get("event")), 0) + 1
+        out["queue_event_counts"] = counts
+        # The server's own view of the callbacks, beside the customers' (filled in by the caller).
+        out["callbacks"]["server_answered"] = counts.get("callback_answered", 0)
+        out["callbacks"]["server_not_answered"] = counts.get("callback_not_answered", 0)
     out["bridged"] = len(re.findall(r" bridged leg_\w+ <-> ", log))
     out["ai_failures"] = len(re.findall(r"AI provider \S+: ai_(?:provider_timeout|provider_error|connect_failed)", log))
     finalized = re.findall(r"call recording (\S+) finalized \((\w+)\): ([\d.]+) s", log)
@@ -817,6 +832,7 @@ def row_values(r: dict) -> dict[str, str]:
     w = r["queue_waits_s"]["live"]
     rows["queue wait p50 / p95 / max (live)"] = f"{f(w['p50'], ' s')} / {f(w['p95'], ' s')} / {f(w['max'], ' s')}"
     cb = r["callbacks"]
+    rows["queue abandoned (caller left while queued)"] = f(r.get("queue_abandoned"))
     rows["callbacks requested / completed / not answered"] = (f"{f(cb.get('requested'))} / {f(cb.get('completed'))}"
                                                               f" / {f(cb.get('not_answered'))}")
     rtp = r["rtp"] or {}

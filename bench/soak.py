@@ -109,6 +109,9 @@ def main() -> int:
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "soak.json"))
     add_load_args(ap)
     args = ap.parse_args()
+    if args.minutes > 50:
+        # register_agents (bench/queue_capacity.py) registers for 3600 s and nothing refreshes it.
+        ap.error("--minutes above 50: the agents' registrations (3600 s) would expire during the run")
     os.environ[KEY_ENV] = "bench-key"
     cps = rate_from(args)
     load = load_from_args(args, cps, args.minutes * 60, args.capture)
