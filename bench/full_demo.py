@@ -409,8 +409,9 @@ class TargetRun:
     """One target (softswitch or bare) under the load: start, load, drain, stop, analyse."""
 
     def __init__(self, target: str, load: Load, run_dir: Path, sample_every: float = 1.0,
-                 extra_sample: bool = False, progress: Callable[[dict], None] | None = None) -> None:
-        self.target, self.load, self.dir = target, load, run_dir
+                 extra_sample: bool = False, progress: Callable[[dict], None] | None = None,
+                 keep: bool = True) -> None:
+        self.target, self.load, self.dir, self.keep = target, load, run_dir, keep
         self.dir.mkdir(parents=True, exist_ok=True)
         self.sample_every, self.extra_sample, self.progress = sample_every, extra_sample, progress
         self.pcaps = make_pcaps(self.dir, load)
@@ -598,7 +599,9 @@ class TargetRun:
         r["cpu_peak_10s_percent"] = s.cpu_peak(10.0)
         r["rss_start_mb"] = s.samples[0]["rss_mb"] if s.samples else None
         r["rss_peak_mb"] = max((x["rss_mb"] for x in s.samples), default=None)
-        r["errors_logged"] = len(re.findall(r" ERROR |Traceback|^\S+ error: ", log, flags=re.M))
+        errors = [line for line in log.splitlines() if re.search(r" ERROR |Traceback|^\S+ error: ", line)]
+        r["errors_logged"] = len(errors)
+        r["error_lines"] = errors[:10]  # the first ones, for the write-up
         r["warnings_logged"] = len(re.findall(r" WARNING ", log))
         if self.target == "softswitch":
             r.update(softswitch_figures(log, self.dir))
@@ -612,6 +615,9 @@ class TargetRun:
                                            r.pop("logged_recordings", None), expected)
         r["times"] = {k: round(v, 1) for k, v in self.times.items()}
         r["clean"], r["not_clean_because"] = verdict(r)
+        if not self.keep:  # a ramp's captures and recordings run to gigabytes
+            (self.dir / "rtp.pcap").unlink(missing_ok=True)
+            shutil.rmtree(self.dir / "recordings", ignore_errors=True)
         return r
 
 
@@ -863,12 +869,12 @@ def load_note() -> str:
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
-def run_targets(targets: list[str], load: Load, base: Path) -> dict[str, dict]:
+def run_targets(targets: list[str], load: Load, base: Path, keep: bool = False) -> dict[str, dict]:
     results = {}
     for target in targets:
         print(f"{target}: {load.cps:g} calls/s for {load.duration_s:g} s ({load.agents} agents)", flush=True)
         started = time.monotonic()
-        results[target] = TargetRun(target, load, base / f"{target}-{load.cps:g}").run()
+        results[target] = TargetRun(target, load, base / f"{target}-{load.cps:g}", keep=keep).run()
         results[target]["wall_s"] = round(time.monotonic() - started)
         r = results[target]
         print(f"  {target}: {r['calls']['offered']} calls, {r['calls']['failed']} failed, RTP gap p99 "
@@ -932,7 +938,7 @@ def main() -> int:
             for target in targets:
                 capacity[target] = 0.0
                 for cps in [float(x) for x in args.rates.split(",")]:  # ascending
-                    r = run_targets([target], load_at(cps), base)[target]
+                    r = run_targets([target], load_at(cps), base, args.keep)[target]
                     steps.append({"target": target, "cps": cps, **r})
                     if not r["clean"]:
                         break
@@ -946,7 +952,7 @@ def main() -> int:
                 print(f"ratio softswitch / bare: {capacity['softswitch'] / capacity['bare']:.2f}")
         else:
             load = load_at(args.cps)
-            results = run_targets(targets, load, base)
+            results = run_targets(targets, load, base, args.keep)
             doc.update({"mode": "run", "load": asdict(load), "results": results})
             print_table(results)
     finally:

@@ -132,7 +132,7 @@ def main() -> int:
     started = time.monotonic()
     try:
         run = TargetRun("softswitch", load, base / "softswitch", sample_every=args.sample_every,
-                        extra_sample=True, progress=progress)
+                        extra_sample=True, progress=progress, keep=args.keep)
         r = run.run()
         verdict = judge(r, run.sampler.samples, run.times, args)
     finally:
