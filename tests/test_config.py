@@ -57,7 +57,10 @@ def test_builtin_default_loads_with_documented_values(tmp_path, monkeypatch):
     assert config.directories.state == tmp_path / "state"
     assert (config.logging.level, config.logging.format, config.logging.file) == ("info", "text", None)
     assert config.metrics.http_listen == "127.0.0.1:9100"  # `softswitch status` works out of the box
-    assert (config.limits.max_concurrent_calls, config.limits.max_calls_per_second) == (0, 0)
+    limits = config.limits
+    assert (limits.max_concurrent_calls, limits.max_calls_per_second, limits.max_cpu_percent,
+            limits.max_loop_lag_ms, limits.retry_after_seconds) == (500, 100, 0, 500, 5)
+    assert limits.max_concurrent_calls * 2 <= config.sip.max_calls  # room for an agent leg per caller
 
 
 def test_default_config_text_is_the_shipped_file_and_loads_the_same(tmp_path, monkeypatch):
