@@ -101,6 +101,8 @@ class Leg(LegBase):
         self.dtmf_methods: tuple[str, ...] = ("rfc2833", "info")
         # Early media: 183 sent (inbound; after a 180 too) or received (outbound) before the answer.
         self.early = False
+        # Inside pjsua2's on_incoming_call for this call (see hangup).
+        self.offering = False
         call.leg = self
 
     # ---- facts --------------------------------------------------------------------------
@@ -149,6 +151,12 @@ class Leg(LegBase):
 
     def hangup(self, code: int = 200, reason: str = "hangup") -> None:
         if self.ended:
+            return
+        if self.offering:
+            # pjsua2 frees the INVITE it cloned once onIncomingCall returns; a call refused inside
+            # the callback may have freed it already, and pjsua2 then aborts the process
+            # (pjsip_rx_data_free_cloned assertion; seen with INVITEs without SDP). Refuse next turn.
+            self.ua.call_soon(lambda: self.hangup(code, reason))
             return
         self._pending_end_reason = reason
         try:
@@ -284,6 +292,14 @@ class LocalAccount(pj.Account):
     def _incoming(self, call_id: int) -> None:
         call = SipCall(self.ua, self, call_id)
         leg = Leg(self.ua, call, "inbound")
+        leg.offering = True
+        try:
+            self._offered(leg)
+        finally:
+            leg.offering = False
+
+    def _offered(self, leg: Leg) -> None:
+        call = leg.call
         ci = call.getInfo()
         leg.call_id, leg.remote_uri, leg.local_uri = ci.callIdString, ci.remoteUri, ci.localUri
         self.ua.legs[leg.id] = leg
