@@ -595,7 +595,7 @@ class _Walker:
             return self.error(node, key, f"expected {expected}, got {_got(node)}")
         try:
             value = self._constructor.construct_object(node)
-        except yaml.YAMLError as e:
+        except (yaml.YAMLError, ValueError) as e:  # ValueError: an integer of thousands of digits
             return self.error(node, key, f"unreadable value: {e}")
         choices = get_args(tp) if get_origin(tp) is Literal else ()
         wanted = type(choices[0]) if choices else (str if tp is Path else tp)
@@ -624,7 +624,11 @@ class _Walker:
             if not value:
                 return self.error(node, key, "expected a path, got an empty string")
             value = self.resolve(Path(value), rule)
-            if rule.must_exist and not value.is_file():
+            try:
+                missing = rule.must_exist and not value.is_file()
+            except OSError as e:  # e.g. a name longer than the file system allows
+                return self.error(node, key, f"cannot use this path: {e.strerror}")
+            if missing:
                 return self.error(node, key, f"file not found: {value}")
         return value
 
@@ -635,7 +639,9 @@ class _Walker:
     def cross_check(self, config: Config) -> None:
         for key, message, reads in _cross_checks(config):
             if self.bad_keys.isdisjoint(reads):
-                line = next((self.key_lines[k] for k in (key, *reads) if k in self.key_lines), None)
+                # A missing setting has no line of its own: the section that lacks it has one.
+                parents = [key.rsplit(".", n)[0] for n in range(1, key.count(".") + 1)]
+                line = next((self.key_lines[k] for k in (key, *reads, *parents) if k in self.key_lines), None)
                 self.issues.append(ConfigIssue(self.file, line, key, message))
 
 
@@ -669,6 +675,14 @@ def load_config(path: Path | None) -> Config:
 
 def _parse(text: str, source: str, bases: Mapping[str, Path]) -> Config:
     try:
+        return _parse_document(text, source, bases)
+    except RecursionError:  # lists or mappings nested thousands deep: no config is written so
+        raise ConfigError([ConfigIssue(source, None, "", "the config nests too deeply (lists or mappings "
+                                       "thousands of levels deep)")]) from None
+
+
+def _parse_document(text: str, source: str, bases: Mapping[str, Path]) -> Config:
+    try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -676,7 +690,9 @@ def _parse(text: str, source: str, bases: Mapping[str, Path]) -> Config:
         detail = f"{e.problem} ({e.context})" if e.context else str(e.problem)
         raise ConfigError([ConfigIssue(source, line, "", f"YAML syntax error: {detail}")]) from None
     except yaml.YAMLError as e:
-        raise ConfigError([ConfigIssue(source, None, "", f"YAML syntax error: {e}")]) from None
+        position = getattr(e, "position", None)  # a character YAML refuses: an offset, not a mark
+        line = None if position is None else text.count("\n", 0, position) + 1
+        raise ConfigError([ConfigIssue(source, line, "", f"YAML syntax error: {e}")]) from None
     if root is None or _is_null(root):
         message = "the document is empty; expected a mapping"
         raise ConfigError([ConfigIssue(source, _line(root) or 1, "", message)])

@@ -77,7 +77,11 @@ def load_flow(path: str | Path) -> Flow:
 def load_flow_text(text: str, file: str = "<flow>") -> Flow:
     """Load a flow from YAML text; `file` names it in errors."""
     loader = _Loader(file)
-    flow = loader.load(text)
+    try:
+        flow = loader.load(text)
+    except RecursionError:  # YAML or an expression nested thousands deep: no flow is written so
+        raise FlowError([FlowIssue(file, None, None, "the flow nests too deeply (lists, mappings or "
+                                   "parentheses thousands of levels deep)")]) from None
     if loader.issues or flow is None:
         raise FlowError(sorted(loader.issues, key=lambda issue: issue.line or 0))
     return flow
@@ -110,6 +114,37 @@ def load_flows(paths: Iterable[str | Path]) -> list[Flow]:
     if issues:
         raise FlowError(issues)
     return flows
+
+
+# Values a flow may hold once aliases are expanded: the demo flows hold about a thousand, and
+# anchors that nest aliases (a "billion laughs") would otherwise expand exponentially when read.
+MAX_VALUES = 200_000
+
+
+def _expanded_size(root: YamlNode) -> int:
+    """How many values the document holds with its aliases expanded, computed without expanding
+    them (each node's size once); a node that contains itself counts as too many."""
+    sizes: dict[int, int] = {}
+    inside: set[int] = set()
+
+    def size(node: YamlNode) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in inside:
+            return MAX_VALUES + 1
+        inside.add(key)
+        if isinstance(node, SequenceNode):
+            total = 1 + sum(size(item) for item in node.value)
+        elif isinstance(node, MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        else:
+            total = 1
+        inside.discard(key)
+        sizes[key] = min(total, MAX_VALUES + 1)
+        return sizes[key]
+
+    return size(root)
 
 
 def _line(node: YamlNode | None) -> int | None:
@@ -226,6 +261,10 @@ class _Loader:
             return None
         if _is_null(root):
             self.error(1, None, "the flow file is empty")
+            return None
+        if _expanded_size(root) > MAX_VALUES:
+            self.error(1, None, f"the flow holds more than {MAX_VALUES} values once its YAML aliases are "
+                       "expanded (or an alias contains itself): refused as a YAML bomb")
             return None
         top = self.mapping(root, None, "a flow file")
         for key, (knode, _value) in top.items():

@@ -51,19 +51,59 @@ def import_workflow_file(path: str | Path) -> str:
     """An exported n8n workflow file → the text of a softswitch flow file."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
         raise N8nImportError([f"{path}: cannot read the workflow JSON: {exc}"]) from None
     return import_workflow(data)
 
 
 def import_workflow(data: Mapping[str, Any]) -> str:
     """An n8n workflow (parsed JSON) → flow YAML, checked by loading it back."""
-    text = dump_flow_document(convert_workflow(data))
+    _check_shape(data)
+    try:
+        text = dump_flow_document(convert_workflow(data))
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError, RecursionError, yaml.YAMLError) as exc:
+        # A value of a shape n8n never writes (a list where it writes an object, ...) deeper than
+        # _check_shape looks: an import error, not Python's own words from the middle of conversion.
+        raise N8nImportError([f"the workflow holds a value of a shape n8n does not write "
+                              f"({type(exc).__name__}: {exc})"]) from None
     try:
         load_flow_text(text, "<imported>")
     except FlowError as exc:
         raise N8nImportError([_problem(issue.node, issue.message) for issue in exc.issues]) from None
     return text
+
+
+def _check_shape(data: Any) -> None:
+    """The export's skeleton (nodes, their names and types, connections), checked first so that a
+    damaged file is answered by what is wrong with it."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("nodes"), list):
+        raise N8nImportError(["not an n8n workflow export: it has no nodes list"])
+    problems: list[str] = []
+    for i, raw in enumerate(data["nodes"]):
+        if not isinstance(raw, Mapping):
+            problems.append(f"nodes[{i}] is not an object")
+            continue
+        for key in ("name", "type"):
+            if not isinstance(raw.get(key, ""), str):
+                problems.append(f"nodes[{i}]: {key} must be a string")
+        if not isinstance(raw.get("parameters") or {}, Mapping):
+            problems.append(_problem(str(raw.get("name")), "parameters must be an object"))
+    connections = data.get("connections") or {}
+    if not isinstance(connections, Mapping):
+        problems.append("connections must be an object")
+        connections = {}
+    for source, by_type in connections.items():
+        if not isinstance(by_type or {}, Mapping):
+            problems.append(f"connections.{source} must be an object")
+            continue
+        for conn_type, outputs in (by_type or {}).items():
+            if not isinstance(outputs or [], list) or not all(
+                    isinstance(targets or [], list) and all(isinstance(t, Mapping) and isinstance(t.get("node"), str)
+                                                            for t in targets or [])
+                    for targets in outputs or []):
+                problems.append(f"connections.{source}.{conn_type} must be a list of lists of {{node: name}}")
+    if problems:
+        raise N8nImportError(problems)
 
 
 def _problem(node: str | None, message: str) -> str:
