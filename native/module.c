@@ -131,6 +131,40 @@ static PyObject *player_seamless_loop(PyObject *self, PyObject *arg) {
     return NULL;
 }
 
+/* One RTP port cursor for every account's outbound calls. pjsua keeps a next-RTP-port cursor per
+ * account that starts at the range's first port and tries 100 pairs from there. softswitch creates
+ * an account per caller ID (and per provider connection), so a fresh account's first call scanned
+ * only the bottom 100 pairs: once long calls held those, its outbound calls failed with "Address
+ * already in use" however free the rest of the range was. rtp_cursor_enter(acc) moves the
+ * account's cursor to where the last outbound call left off; rtp_cursor_leave(acc) remembers it. */
+static unsigned g_rtp_cursor;
+
+static int valid_acc(int acc) {
+    if (acc < 0 || acc >= (int)PJ_ARRAY_SIZE(pjsua_var.acc) || !pjsua_var.acc[acc].valid) {
+        PyErr_Format(PyExc_ValueError, "no pjsua account %d", acc);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *rtp_cursor_enter(PyObject *self, PyObject *arg) {
+    int acc = (int)PyLong_AsLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    if (ss_require_pj_thread()) return NULL;
+    if (!valid_acc(acc)) return NULL;
+    if (g_rtp_cursor) pjsua_var.acc[acc].next_rtp_port = (pj_uint16_t)g_rtp_cursor;
+    Py_RETURN_NONE;
+}
+
+static PyObject *rtp_cursor_leave(PyObject *self, PyObject *arg) {
+    int acc = (int)PyLong_AsLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    if (ss_require_pj_thread()) return NULL;
+    if (!valid_acc(acc)) return NULL;
+    if (pjsua_var.acc[acc].next_rtp_port) g_rtp_cursor = pjsua_var.acc[acc].next_rtp_port;
+    return PyLong_FromUnsignedLong(g_rtp_cursor);
+}
+
 static PyObject *limits(PyObject *self, PyObject *unused) {
     return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:s}", "max_calls", PJSUA_MAX_CALLS, "max_players",
                          PJSUA_MAX_PLAYERS, "max_recorders", PJSUA_MAX_RECORDERS, "max_conf_ports",
@@ -147,6 +181,8 @@ static PyMethodDef methods[] = {
     {"conf_active_ports", conf_active_ports, METH_NOARGS, "Ports currently on the bridge."},
     {"conf_listeners", conf_listeners, METH_O, "Slots that receive audio from this slot."},
     {"player_seamless_loop", player_seamless_loop, METH_O, "player_seamless_loop(slot): a looping file player rewinds without an empty frame (no end-of-file callback)."},
+    {"rtp_cursor_enter", rtp_cursor_enter, METH_O, "rtp_cursor_enter(acc_id): the account's next RTP port continues from the shared outbound cursor."},
+    {"rtp_cursor_leave", rtp_cursor_leave, METH_O, "rtp_cursor_leave(acc_id) -> port: remember where the account's cursor is now."},
     {"limits", limits, METH_NOARGS, "The compile-time limits of the pjproject build this module uses."},
     {NULL}};
 

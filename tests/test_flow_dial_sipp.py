@@ -3,6 +3,7 @@ SIPp UAS (answers, never answers, rejects) or to an extension nobody registered.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from tests.support.actors import uas_answer, uas_no_answer, uas_reject
 from tests.support.pcap import write_rtp_pcap
+from tests.support.ports import free_port_block
 from tests.support.sipp import Sipp
 
 pytestmark = pytest.mark.sipp
@@ -214,3 +216,39 @@ def test_caller_hanging_up_interrupts_the_wait_and_the_break_cancels_the_dial(se
     did_not_run(server, "bye_answered", "bye_timeout", "bye_failed")
     assert "dial.wait wait: Interrupted" in server.text()
     assert "'interruptReason': 'call_ended'" in server.text()
+
+
+def test_a_dial_finds_rtp_ports_past_long_calls_at_the_bottom_of_the_range(server_factory, tmp_path):
+    # pjsua looks for RTP ports from a cursor of the dialing account and gives up after 100 busy
+    # pairs. Our accounts (one per connection and caller ID) share one cursor, so a first dial from
+    # a fresh account starts where the last call's ports are, not at the range's busy bottom.
+    rtp_start = free_port_block(400, "udp")
+    held = []  # the bottom 105 pairs, busy as if long calls held them
+    try:
+        for port in range(rtp_start, rtp_start + 210):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.1", port))
+            held.append(sock)
+        pcap = tmp_path / "uas.pcap"
+        write_rtp_pcap(pcap, np.zeros(8000, dtype=np.int16))
+        with uas_answer(pcap, timeout_s=30, trace_dir=tmp_path / "uas") as uas:
+            flow = tmp_path / "flow.yaml"
+            flow.write_text(ANSWER_FLOW)
+            server = server_factory(
+                flows=[str(flow)], logging={"level": "debug", "pjsip_level": 1},
+                sip={"rtp_port_start": rtp_start, "rtp_port_count": 400},
+                connections={"uas": {"sip_server": "127.0.0.1", "port": uas.local_port}},
+                trunks={"trunk_main": {"address": "127.0.0.1", "port": 0, "connection": "uas"}})
+            # The first caller's ports are searched from the bottom: 100 busy pairs, refused.
+            assert not call(server, tmp_path, timeout_s=5).ok
+            # The second caller's search goes on from pair 100 and finds pair 105; the dial to the
+            # UAS (a new account) continues from there instead of the bottom.
+            second = call(server, tmp_path, timeout_s=15)
+            uas_result = uas.wait(10)
+    finally:
+        for sock in held:
+            sock.close()
+    assert second.ok, str(second)
+    assert uas_result.ok, str(uas_result)
+    ran(server, "dial", "wait", "bye_dialed", "bye_caller")
+    assert "bye_failed" not in server.text()

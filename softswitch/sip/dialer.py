@@ -23,6 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Literal, Sequence
 
+import _softswitch_native as native
 import pjsua2 as pj
 
 from .events import LegEvent
@@ -314,7 +315,12 @@ class Dialer:
             if swap:
                 self._codecs.apply(target.codecs)
             try:
+                # pjsua's RTP port cursor is per account: continue from where the last call left
+                # off, and let the next inbound call continue from here.
+                native.rtp_cursor_enter(account.getId())
                 leg.call.makeCall(target.uri, prm)
+                native.rtp_cursor_leave(account.getId())
+                native.rtp_cursor_enter(self.ua.account.getId())
             finally:
                 if swap:
                     self._codecs.apply(self.config.media.codecs)

@@ -13,6 +13,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Callable
 
+import _softswitch_native as native
 import pjsua2 as pj
 
 from .events import LegAnswered, LegDtmf, LegEnded, LegEvent, LegMediaActive, LegProgress, LegRinging
@@ -147,7 +148,13 @@ class Leg(LegBase):
             return
         if self.call.getInfo().state >= pj.PJSIP_INV_STATE_CONNECTING:
             return  # our 200 is sent already (the leg is ANSWERED at the ACK); a second one is refused
-        self.call.answer(_op(200))
+        try:
+            self.call.answer(_op(200))
+        except pj.Error as exc:
+            # An offer pjsua cannot answer (no usable media, e.g. only an IPv6 address): it has
+            # answered 488 itself; the leg ends with that, not with a traceback in the flow.
+            log.warning("leg %s: the offer cannot be answered (%s); refusing it", self.id, exc.reason or exc.info())
+            self.hangup(488, "answer_failed")
 
     def hangup(self, code: int = 200, reason: str = "hangup") -> None:
         if self.ended:
@@ -221,7 +228,10 @@ class Leg(LegBase):
         for mi in ci.media:
             if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status in (pj.PJSUA_CALL_MEDIA_ACTIVE,
                                                                    pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
-                slot = self.call.getAudioMedia(mi.index).getPortId()
+                try:
+                    slot = self.call.getAudioMedia(mi.index).getPortId()
+                except pj.Error:  # active per the SDP but no bridge port (a=inactive answered): no audio
+                    return
                 if slot != self.slot:
                     self.slot = slot
                     self._publish(LegMediaActive(self.id, slot))
@@ -290,6 +300,7 @@ class LocalAccount(pj.Account):
         self.ua.guard("onIncomingCall", self._incoming, prm.callId)
 
     def _incoming(self, call_id: int) -> None:
+        native.rtp_cursor_leave(self.getId())  # outbound calls continue after this call's RTP ports
         call = SipCall(self.ua, self, call_id)
         leg = Leg(self.ua, call, "inbound")
         leg.offering = True
