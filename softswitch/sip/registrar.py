@@ -215,7 +215,10 @@ class Registrar:
         return max(found, key=lambda b: b.expires) if found else None
 
     def take_admission(self, call_id: str) -> Admission | None:
-        row = self._native.take_classification(call_id)
+        try:
+            row = self._native.take_classification(call_id)
+        except UnicodeEncodeError:  # bytes that are not UTF-8 (pjsua2 hands them over as surrogates):
+            return None  # no Call-ID RFC 3261 allows, and none the gate can be asked about: not admitted
         if row is None:
             return None
         kind, ref, extension, group = row
