@@ -51,7 +51,10 @@ def setup_logging(level: str = "info", fmt: str = "text", file: Path | None = No
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler: logging.Handler = logging.FileHandler(file) if file else logging.StreamHandler(sys.stderr)
+    # Log lines carry what peers sent (pjsip logs a refused packet whole), bytes that are not UTF-8
+    # included: escape them, as stderr does, rather than lose the line to a "Logging error".
+    handler: logging.Handler = (logging.FileHandler(file, encoding="utf-8", errors="backslashreplace") if file
+                                else logging.StreamHandler(sys.stderr))
     if fmt == "json":
         handler.setFormatter(JsonLinesFormatter())
     else:

@@ -27,8 +27,10 @@ import time
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable
 
+from tests.support.ports import free_port
 from tests.support.server import sip_options_ok
 
 # ---- context: who sends, with which credentials, into which dialog ------------------------------
@@ -1027,6 +1029,90 @@ class SipMutator:
                            known_failure(data))
 
 
+# ---- the server under fuzzing ----------------------------------------------------------------------
+
+FUZZ_FLOW = """
+name: fuzz_target
+triggers:
+  - name: trunk_main
+    trigger: trunk
+    params: {ref: trunk_main}
+    next: {Call: [answer]}
+  - name: trunk_fuzz
+    trigger: trunk
+    params: {ref: trunk_fuzz}
+    next: {Call: [answer_fuzz]}
+  - name: internal
+    trigger: extensions
+    params: {ref: internal}
+    next: {Call: [answer_fuzz]}
+nodes:
+  # The live call: hold music for as long as it lasts.
+  - name: answer
+    op: call.answer
+    next: {Result: [music]}
+  - name: music
+    op: media.playAudio
+    params: {sourceType: file, filePath: hold_music.wav}
+    next: {Completed: [music]}
+  # Fuzzed calls: answered, DTMF (the fuzzed INFOs) read until a quiet 20 s.
+  - name: answer_fuzz
+    op: call.answer
+    next: {Result: [digits]}
+  - name: digits
+    op: call.wait
+    params:
+      timeoutSeconds: 20
+      rules: [{pattern: "5", label: Five}, {pattern: "7", label: Seven}]
+    next: {Five: [digits], Seven: [digits], Timeout: [bye_fuzz]}
+  - name: bye_fuzz
+    op: call.hangup
+"""
+
+
+def fuzz_sections(tmp: Path) -> dict:
+    """Config sections (for write_test_config) of a server under fuzzing: the fuzz flow, the
+    fuzzing trunk (127.0.0.3, with a codec allow-list so offers are filtered), observability on
+    so its writers and endpoint meet the fuzzed values too. Edge protection is off: the fuzzing
+    sources would be blocked within a second (hundreds of requests a second, many with bad
+    credentials) and every later message dropped unread, so nothing would reach the parsers;
+    blocking is tested in tests/test_registrar_sipp.py."""
+    flow = tmp / "fuzz-flow.yaml"
+    flow.write_text(FUZZ_FLOW)
+    return dict(
+        flows=[str(flow)],
+        trunks={"trunk_main": {"address": "127.0.0.1", "port": 0},
+                "trunk_fuzz": {"address": "127.0.0.3", "port": 0, "codecs": ["PCMU", "PCMA", "telephone-event"]}},
+        security={"auth_failure_limit": 0, "flood_requests_per_second": 0},
+        records={"call_records": str(tmp / "call-records.jsonl"), "queue_events": str(tmp / "queue.jsonl")},
+        metrics={"http_listen": f"127.0.0.1:{free_port('tcp')}"},
+    )
+
+
+# ERROR lines the fuzzing makes pjsip write, each about a message it refused. Anything else at
+# ERROR (a Python traceback, "error in <callback>", a node's unexpected error) is unexpected.
+EXPECTED_ERRORS = [re.compile(p) for p in (
+    r"softswitch\.pjsip: +sip_transport\.c Error processing \d+ bytes packet from (UDP|TCP) ",
+    r"softswitch\.pjsip: +sip_endpoint\.c Error processing packet from \S+: "
+    r"(Rx buffer overflow|Missing required header)",
+    r"softswitch\.pjsip: +sip_parser\.c Error parsing ",
+    r"softswitch\.pjsip: +sip_inv\.c Error parsing/validating SDP body: ",
+    r"softswitch\.pjsip: +pjsua_call\.c (Bad SDP in incoming INVITE|Unknown Content-Type in incoming INVITE|"
+    r"Unable to generate Contact header|Unable to create media session|Error creating response|"
+    r"Error (re-)?initializing media channel|Request verification failed|SDP negotiation has failed|"
+    r"Unable to create incoming call|Error sending re-INVITE|Unable to send answer)",
+    r"softswitch\.pjsip: +pjsua_media\.c (pjmedia_stream_info_from_sdp\(\) failed|Error updating media)",
+    r"softswitch\.pjsip: +call\.cpp (pjsua_call_answer2\(|getAudioMedia\(\) error: no audio slot)",
+    r"softswitch\.pjsip: +sip_inv\.c (Unable to|Error)",
+)]
+
+
+def unexpected_errors(log: str) -> list[str]:
+    """The ERROR lines of a server log that EXPECTED_ERRORS does not explain."""
+    errors = [line for line in log.splitlines() if re.match(r"\S+ \S+ ERROR ", line)]
+    return [line for line in errors if not any(p.search(line) for p in EXPECTED_ERRORS)]
+
+
 # ---- parsing what comes back ---------------------------------------------------------------------
 
 
@@ -1394,10 +1480,11 @@ class FuzzDriver:
             if self._control(msg):
                 self.report.controls_sent += 1
             self._last_sent.append(f"{time.strftime('%H:%M:%S')} {msg.label}")
+            kept = _Sent(dataclasses.replace(msg, data=b""), sent.admissible)  # long runs: not every message's bytes
             if msg.branch:
-                self._by_branch[msg.branch] = sent
+                self._by_branch[msg.branch] = kept
             if msg.call_id:
-                self._by_call_id[msg.call_id] = sent
+                self._by_call_id[msg.call_id] = kept
             if msg.base in INVITE_BASES and msg.malformed and sent.admissible:
                 self.report.malformed_invites += 1
         return True
