@@ -15,7 +15,9 @@
 #define PJSUA_MAX_PLAYERS                   1024
 #define PJSUA_MAX_RECORDERS                 1024
 #define PJSUA_MAX_CONF_PORTS                4608
-#define PJSUA_MAX_ACC                       64
+/* Accounts: From comes from the account, so every caller ID in a live outbound call (an agent
+ * leg showing the customer's number) holds one; 64 allowed only 32 conversations at once. */
+#define PJSUA_MAX_ACC                       1024
 
 /* Sockets: SIP transports plus two per RTP stream; epoll is selected by configure. */
 #define PJ_IOQUEUE_MAX_HANDLES              4096

@@ -166,7 +166,8 @@ static PyObject *rtp_cursor_leave(PyObject *self, PyObject *arg) {
 }
 
 static PyObject *limits(PyObject *self, PyObject *unused) {
-    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:s}", "max_calls", PJSUA_MAX_CALLS, "max_players",
+    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:s}", "max_calls", PJSUA_MAX_CALLS, "max_accounts",
+                         PJSUA_MAX_ACC, "max_players",
                          PJSUA_MAX_PLAYERS, "max_recorders", PJSUA_MAX_RECORDERS, "max_conf_ports",
                          PJSUA_MAX_CONF_PORTS, "ioqueue_max_handles", PJ_IOQUEUE_MAX_HANDLES,
                          "max_tsx", PJSIP_MAX_TSX_COUNT, "pj_version", PJ_VERSION);

@@ -99,6 +99,32 @@ EXTENSION_FLOW = HEAD + """
 """ + bye("bye_result", "bye_unavailable")
 
 
+# Each dial shows its own caller's leg id as the caller number, so every agent-side leg needs an
+# account of its own (From comes from the account) for as long as it lasts.
+CALLER_ID_FLOW = HEAD + """
+  - name: dial
+    op: dial.make
+    params:
+      callMode: trunk
+      ref: trunk_main
+      destination: "2000"
+      options: {callerNumber: "{{ $('answer').item.json.legId }}"}
+    next: {Result: [wait]}
+  - name: wait
+    op: dial.wait
+    params: {dialTimeoutSeconds: 15}
+    next: {Answered: [hold], Timeout: [bye_timeout], Failed: [bye_failed]}
+  - name: hold
+    op: call.wait
+    params: {timeoutSeconds: 4.5, legIds: ["{{ $('answer').item.json.legId }}"]}
+    next: {Timeout: [bye_dialed]}
+  - name: bye_dialed
+    op: call.hangup
+    params: {options: {legId: "{{ $('wait').item.json.legId }}"}}
+    next: {Result: [bye_caller]}
+""" + bye("bye_caller", "bye_timeout", "bye_failed")
+
+
 def start(server_factory, tmp_path: Path, text: str, uas: Sipp | None = None):
     flow = tmp_path / "flow.yaml"
     flow.write_text(text)
@@ -252,3 +278,39 @@ def test_a_dial_finds_rtp_ports_past_long_calls_at_the_bottom_of_the_range(serve
     assert uas_result.ok, str(uas_result)
     ran(server, "dial", "wait", "bye_dialed", "bye_caller")
     assert "bye_failed" not in server.text()
+
+
+def test_dials_with_many_different_caller_ids_at_once_are_all_placed(server_factory, tmp_path):
+    # 80 conversations at once, each showing a different caller number (a queue's agents seeing
+    # their customers): each holds a pjsua account for its whole length. With pjsua's 64 account
+    # slots only 32 could be up at once.
+    n = 80
+    pcap = tmp_path / "silence.pcap"
+    write_rtp_pcap(pcap, np.zeros(8000, dtype=np.int16))
+    with uas_answer(pcap, calls=n, timeout_s=60, trace_dir=tmp_path / "uas") as uas:
+        server = start(server_factory, tmp_path, CALLER_ID_FLOW, uas)
+        callers = Sipp("uac_call_until_bye", f"127.0.0.1:{server.sip_port}", calls=n, rate=40, limit=n,
+                       variables={"caller": "5551234", "bye_timeout_ms": 20000}, keys={"pcap": pcap},
+                       timeout_s=60)
+        with callers:
+            result = callers.wait(60)
+        uas_result = uas.wait(20)
+    assert result.ok and result.successful == n, str(result)
+    assert uas_result.ok and uas_result.successful == n, str(uas_result)
+    text = server.text()
+    assert "caller IDs are all in live calls" not in text
+    assert text.count("node bye_caller ") == n and "node bye_failed " not in text
+    answered_at_once = max_overlap(text)
+    assert answered_at_once > 64, answered_at_once
+
+
+def max_overlap(log: str) -> int:
+    """The most dialed legs up at once, from the server's 'calling' and hang-up lines."""
+    live, most = 0, 0
+    for line in log.splitlines():
+        if " node hold " in line:
+            live += 1
+            most = max(most, live)
+        elif " node bye_dialed " in line:
+            live -= 1
+    return most

@@ -6,7 +6,8 @@ runs on the UA thread.
 
 Three things pjsua2 2.12 cannot do per call are done around it:
 - **Caller ID.** From comes from the account, so a caller number/name gets an account of its
-  own whose idUri carries it, kept in a small LRU (pjsua has 64 account slots in our build).
+  own whose idUri carries it, kept in an LRU (pjsua has 1024 account slots in our build, so up
+  to 960 caller IDs can be in live calls at once).
   Calls towards providers also carry P-Asserted-Identity.
 - **Codec allow-lists.** Codec priorities are global, but the SDP offer is built synchronously
   inside `makeCall` and the UA thread is the only one touching pjsua, so the allow-list is
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("softswitch.dialer")
 
-CALLER_ID_ACCOUNTS = 32  # LRU size: half of PJSUA_MAX_ACC (64) in native/config_site.h
+ACCOUNTS_KEPT_FREE = 64  # pjsua accounts left for the local account and the provider connections
 DEFAULT_DTMF_METHODS: tuple[str, ...] = ("rfc2833", "info")
 
 # The user part of a destination: numbers and SIP user names, nothing that changes the URI.
@@ -94,9 +95,11 @@ class _CallerIdAccounts:
     An account is only evicted once no leg placed from it is still known to the UA (pjsua keeps
     using the account until the call is destroyed, a loop turn after it ended)."""
 
-    def __init__(self, ua: "UserAgent", capacity: int = CALLER_ID_ACCOUNTS) -> None:
+    def __init__(self, ua: "UserAgent", capacity: int | None = None) -> None:
         self.ua = ua
-        self.capacity = capacity
+        # Every caller ID in a live outbound call holds an account (an agent leg showing the
+        # customer's number, for its whole talk time): as many as the build allows.
+        self.capacity = capacity or max(8, native.limits().get("max_accounts", 64) - ACCOUNTS_KEPT_FREE)
         self._entries: OrderedDict[tuple[str, str, str], _CachedAccount] = OrderedDict()
 
     def get(self, key: tuple[str, str, str], make_config: Callable[[], "pj.AccountConfig"]) -> ForwardingAccount:
