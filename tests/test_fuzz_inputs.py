@@ -13,6 +13,7 @@ import copy
 import json
 import random
 import signal
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -42,16 +43,21 @@ class Hang(AssertionError):
 
 @contextmanager
 def bounded(what: str, seconds: int = BOUND_S) -> Iterator[None]:
+    """Raise Hang in the body after `seconds`. SIGALRM is pytest-timeout's too: its alarm is put
+    back afterwards, less the time spent here."""
     def expired(*_: object) -> None:
         raise Hang(f"{what}: still running after {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
+    outer = signal.alarm(seconds)
+    started = time.monotonic()
     try:
         yield
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+        if outer:
+            signal.alarm(max(1, outer - int(time.monotonic() - started)))
 
 
 # ---- generic mutations of parsed documents --------------------------------------------------------

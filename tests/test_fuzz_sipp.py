@@ -120,6 +120,7 @@ def test_thousands_of_mutated_sip_messages_leave_the_server_up_and_the_live_call
           + ", ".join(f"{k.split('code=')[1][1:4]} {int(v)}" for k, v in sorted(metrics.items())
                       if k.startswith("softswitch_sip_responses_total") and 'direction="sent"' in k))
     assert unexpected_errors(server.text()) == []
+    assert server.stop() == 0  # and it still shuts down cleanly
 
 
 # ---- reproducers ------------------------------------------------------------------------------------

@@ -620,6 +620,7 @@ def m_nul(rng, msg, ctx):
         msg.headers[i][1] = _insert(rng, "0" if value is AUTO else value, "\x00")
     else:
         return None
+    msg.malformed.pop("Content-Length", None)  # parsing may stop at the NUL, before a broken Content-Length
     return f"nul:{where}"
 
 
@@ -1014,6 +1015,9 @@ class SipMutator:
                 data, label = BYTE_MUTATIONS[label[1:]][1](rng, data)
                 if label.startswith("truncate"):
                     msg.framing = True
+                    # The cut may remove a broken Content-Length whole (a missing one is fine over
+                    # UDP); a missing Via, From, To, Call-ID or CSeq stays missing.
+                    msg.malformed.pop("Content-Length", None)
                 elif not label.startswith("trailing"):
                     msg.malformed.clear()  # flipped or inserted bytes may repair what was broken
             final_labels.append(label)
