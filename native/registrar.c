@@ -51,11 +51,19 @@ static pj_uint32_t fnv1a(const char *s, size_t n) {
     return h;
 }
 
+/* Strings that reach Python as str must be valid UTF-8: bytes outside printable ASCII become '?'
+ * (a Latin-1 User-Agent made every later bindings() call raise UnicodeDecodeError). */
+static void ascii_only(char *s) {
+    for (; s && *s; s++)
+        if ((unsigned char)*s < 0x20 || (unsigned char)*s > 0x7e) *s = '?';
+}
+
 static char *dup_pjstr(const pj_str_t *s) {
     char *out = malloc((size_t)s->slen + 1);
     if (out) {
         memcpy(out, s->ptr, (size_t)s->slen);
         out[s->slen] = 0;
+        ascii_only(out);
     }
     return out;
 }
@@ -250,6 +258,7 @@ static void security_event(RegistrarObject *r, const char *what, pjsip_rx_data *
     pjsip_generic_string_hdr *uah = (pjsip_generic_string_hdr *)pjsip_msg_find_hdr_by_name(
         rdata->msg_info.msg, &(pj_str_t){"User-Agent", 10}, NULL);
     if (uah) snprintf(ua, sizeof(ua), "%.*s", (int)uah->hvalue.slen, uah->hvalue.ptr);
+    ascii_only(ua);
     const pjsip_method *m = &rdata->msg_info.msg->line.req.method;
     WITH_GIL(push_event(r, "security",
                         Py_BuildValue("{s:s,s:s,s:i,s:s,s:s#,s:s,s:s}", "event", what, "source_ip",
@@ -761,6 +770,7 @@ static void handle_register(RegistrarObject *r, pjsip_rx_data *rdata, source_slo
                 b = &a->contacts[a->count++];
                 memset(b, 0, sizeof(*b));
                 b->contact = strdup(uri_buf);
+                ascii_only(b->contact);
                 b->registered_at = wall_ms();
             } else {
                 b = &a->contacts[found];
@@ -823,21 +833,129 @@ static void fix_nated_contact(RegistrarObject *r, pjsip_rx_data *rdata) {
  * ("Signal=5"); an INFO carrying application/dtmf (body "5") gets "500 Unhandled by dialog
  * usages". Rewritten here, before any layer reads it, into the dtmf-relay form (first digit of
  * the body), so phones using either form reach flows and get their 200. */
+static int is_dtmf_digit(char c) { return c && strchr("0123456789*#ABCDabcd", c) != NULL; }
+
+/* Finds `key` (case-insensitive) in body[0..len) and returns what follows "key *= *", or NULL. */
+static const char *relay_value(const char *body, size_t len, const char *key) {
+    size_t klen = strlen(key);
+    for (size_t i = 0; i + klen <= len; i++) {
+        if (strncasecmp(body + i, key, klen) != 0) continue;
+        const char *p = body + i + klen, *end = body + len;
+        int equals = 0;
+        while (p < end && (*p == ' ' || *p == '\t' || *p == '=')) equals += (*p++ == '=');
+        if (equals == 1 && p < end) return p;
+    }
+    return NULL;
+}
+
+/* SIP INFO DTMF reaches pjsua only as canonical application/dtmf-relay ("Signal=5\r\nDuration=160\r\n").
+ * pjsua answers application/dtmf with 500, and its dtmf-relay parser steps past a CRLF the body may
+ * not have (a body "Signal=5" aborted the process on a pj_strstr assertion). A body with no digit
+ * is replaced by one pjsua reads as "no signal". */
 static void dtmf_info_as_relay(pjsip_rx_data *rdata) {
     pjsip_msg *msg = rdata->msg_info.msg;
     if (msg->type != PJSIP_REQUEST_MSG || pj_stricmp2(&msg->line.req.method.name, "INFO") != 0) return;
     pjsip_msg_body *body = msg->body;
-    if (!body || !body->len || pj_stricmp2(&body->content_type.type, "application") != 0 ||
-        pj_stricmp2(&body->content_type.subtype, "dtmf") != 0)
-        return;
-    const char *p = (const char *)body->data, *end = p + body->len;
-    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')) p++;
-    if (p >= end || !*p || !strchr("0123456789*#ABCDabcd", *p)) return; /* not a digit: left as it is */
-    char *text = pj_pool_alloc(rdata->tp_info.pool, 40);
-    int n = snprintf(text, 40, "Signal=%c\r\nDuration=160\r\n", toupper((unsigned char)*p));
+    if (!body || pj_stricmp2(&body->content_type.type, "application") != 0) return;
+    int plain = pj_stricmp2(&body->content_type.subtype, "dtmf") == 0;
+    if (!plain && pj_stricmp2(&body->content_type.subtype, "dtmf-relay") != 0) return;
+    const char *data = (const char *)body->data;
+    size_t len = body->data ? body->len : 0;
+    char digit = 0;
+    unsigned long duration = 160;
+    if (plain) {
+        const char *p = data, *end = data + len;
+        while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')) p++;
+        if (p < end && is_dtmf_digit(*p)) digit = *p;
+    } else {
+        const char *sig = relay_value(data, len, "signal");
+        if (sig && is_dtmf_digit(*sig)) digit = *sig;
+        const char *dur = relay_value(data, len, "duration");
+        if (dur && *dur >= '0' && *dur <= '9') {
+            duration = 0;
+            for (const char *end = data + len; dur < end && *dur >= '0' && *dur <= '9' && duration < 100000; dur++)
+                duration = duration * 10 + (unsigned long)(*dur - '0');
+            if (duration < 1 || duration > 10000) duration = 160;
+        }
+    }
+    if (plain && !digit) return; /* not a digit: left as it is (pjsua refuses application/dtmf) */
+    char *text = pj_pool_alloc(rdata->tp_info.pool, 48);
+    int n = digit ? snprintf(text, 48, "Signal=%c\r\nDuration=%lu\r\n", toupper((unsigned char)digit), duration)
+                  : snprintf(text, 48, "Invalid=1\r\n\r\n");
     body->data = text; /* NUL-terminated: pjsua reads it with pj_str() */
     body->len = (unsigned)n;
     body->content_type.subtype = pj_str("dtmf-relay");
+}
+
+/* An SDP connection address pjmedia cannot use as declared: "IN IP4" with an IPv6 literal (after
+ * the IPv4 parse fails pjmedia retries it as IPv6 and aborts in tp_attach on a pj_sockaddr_get_len
+ * assertion), or IPv6, which our IPv4-only media transports cannot reach. Such addresses become
+ * "IN IP4 0.0.0.0" (no media from or to that side) before any layer parses the body; the call goes
+ * on, silent, instead of the process aborting. Applies to c= and a=rtcp: lines in every message. */
+static int bad_media_address(const char *line, const char *end) {
+    /* line points after "c=" or after the port of "a=rtcp:<port> " */
+    const char *p = line;
+    while (p < end && (*p == ' ' || *p == '\t')) p++;
+    if (end - p < 2 || strncasecmp(p, "IN", 2) != 0) return 0;
+    p += 2;
+    while (p < end && (*p == ' ' || *p == '\t')) p++;
+    if (end - p >= 3 && strncasecmp(p, "IP6", 3) == 0) return 1;
+    if (end - p < 3 || strncasecmp(p, "IP4", 3) != 0) return 0;
+    p += 3;
+    for (; p < end; p++)
+        if (*p == ':') return 1;
+    return 0;
+}
+
+static int sanitize_sdp_addresses(pjsip_rx_data *rdata) {
+    pjsip_msg_body *body = rdata->msg_info.msg->body;
+    if (!body || !body->data || !body->len || pj_stricmp2(&body->content_type.type, "application") != 0 ||
+        pj_stricmp2(&body->content_type.subtype, "sdp") != 0)
+        return 0;
+    const char *data = (const char *)body->data, *end = data + body->len;
+    char *out = NULL, *o = NULL;
+    for (const char *line = data; line < end;) {
+        const char *eol = line;
+        while (eol < end && *eol != '\r' && *eol != '\n') eol++;
+        const char *addr = NULL;
+        if (eol - line > 2 && line[0] == 'c' && line[1] == '=') {
+            addr = line + 2;
+        } else if (eol - line > 7 && strncmp(line, "a=rtcp:", 7) == 0) {
+            const char *q = line + 7;
+            while (q < eol && *q >= '0' && *q <= '9') q++;
+            if (q < eol && (*q == ' ' || *q == '\t')) addr = q;
+        }
+        int bad = addr && bad_media_address(addr, eol);
+        if (bad && !out) {
+            out = pj_pool_alloc(rdata->tp_info.pool, body->len + 64 * 8 + 1);
+            memcpy(out, data, (size_t)(line - data));
+            o = out + (line - data);
+        }
+        if (out) {
+            const char *next = eol;
+            while (next < end && (*next == '\r' || *next == '\n')) next++;
+            if (bad && (o - out) + (addr - line) + 20 + (next - eol) <= (long)body->len + 64 * 8) {
+                memcpy(o, line, (size_t)(addr - line));
+                o += addr - line;
+                o += sprintf(o, "%sIN IP4 0.0.0.0", addr[0] == ' ' ? " " : (line[0] == 'a' ? " " : ""));
+            } else {
+                memcpy(o, line, (size_t)(eol - line));
+                o += eol - line;
+            }
+            memcpy(o, eol, (size_t)(next - eol));
+            o += next - eol;
+            line = next;
+        } else {
+            line = eol;
+            while (line < end && (*line == '\r' || *line == '\n')) line++;
+        }
+    }
+    if (out) {
+        *o = 0;
+        body->data = out;
+        body->len = (unsigned)(o - out);
+    }
+    return out != NULL;
 }
 
 /* Runs before the transaction layer (which would consume responses), for every message. */
@@ -847,6 +965,14 @@ static pj_bool_t nat_on_rx(pjsip_rx_data *rdata) {
             rdata->msg_info.msg->line.req.method.id != PJSIP_REGISTER_METHOD)
             fix_nated_contact(the_registrar, rdata);
         dtmf_info_as_relay(rdata);
+        pjsip_msg *msg = rdata->msg_info.msg;
+        if (sanitize_sdp_addresses(rdata) && msg->type == PJSIP_REQUEST_MSG &&
+            msg->line.req.method.id == PJSIP_INVITE_METHOD && rdata->msg_info.to && !rdata->msg_info.to->tag.slen) {
+            /* A new call offering only media we cannot reach: refused. (In a dialog the silenced
+             * offer goes on: refusing a re-INVITE is the dialog's business.) */
+            respond(rdata, 488, "Not Acceptable Here");
+            return PJ_TRUE;
+        }
     }
     return PJ_FALSE;
 }

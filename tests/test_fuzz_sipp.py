@@ -22,7 +22,7 @@ import pytest
 from tests.support.actors import register_phone, uac_call
 from tests.support.callcentre import pcap_of
 from tests.support.capture import LoopbackCapture
-from tests.support.fuzz import (FuzzDriver, KNOWN_FAILURES, fuzz_sections, parse_reply, split_stream,
+from tests.support.fuzz import (FIXED_FAILURES, FuzzDriver, fuzz_sections, parse_reply, split_stream,
                                  unexpected_errors)
 from tests.support.ports import free_port
 from tests.support.server import sip_options_ok
@@ -267,11 +267,8 @@ def test_a_refused_packet_with_bytes_that_are_not_utf8_is_logged_to_the_log_file
     assert "Logging error" not in server.text() and "Traceback" not in server.text(), server.text()[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason="native: pjmedia aborts the process (pj_sockaddr_get_len assertion in "
-                                       "transport_udp.c tp_attach) on an IPv6 literal in an IP4 c= line; the "
-                                       "gate does not check offers' addresses")
 def test_an_ipv6_literal_in_an_ip4_connection_line_is_refused_not_fatal(server_factory, tmp_path):
-    assert KNOWN_FAILURES["ip4_connection_with_ipv6_literal"](b"c=IN IP4 ::1\r\n")
+    assert FIXED_FAILURES["ip4_connection_with_ipv6_literal"](b"c=IN IP4 ::1\r\n")
     server = fuzz_server(server_factory, tmp_path)
     peer = Peer(server)
     try:
@@ -284,10 +281,6 @@ def test_an_ipv6_literal_in_an_ip4_connection_line_is_refused_not_fatal(server_f
     assert answer is not None and 400 <= answer.status < 500
 
 
-@pytest.mark.xfail(strict=True, reason="pjsua: an application/dtmf-relay INFO whose Signal line has no CRLF "
-                                       "after it ('Signal=5') aborts the process (pj_strstr assertion, "
-                                       "pjsua_call.c reads past the line); the native INFO rewrite covers only "
-                                       "application/dtmf")
 def test_a_dtmf_relay_info_without_a_line_end_is_answered_not_fatal(server_factory, tmp_path):
     server = fuzz_server(server_factory, tmp_path)
     peer = Peer(server)
@@ -297,7 +290,7 @@ def test_a_dtmf_relay_info_without_a_line_end_is_answered_not_fatal(server_facto
         assert answer is not None and answer.status == 200
         peer.send(peer.in_dialog("ACK", answer, 1))
         info = peer.in_dialog("INFO", answer, 2, body="Signal=5", content_type="application/dtmf-relay")
-        assert KNOWN_FAILURES["dtmf_relay_without_line_end"](info)
+        assert FIXED_FAILURES["dtmf_relay_without_line_end"](info)
         peer.send(info)
         reply = peer.final(method="INFO")
     finally:
@@ -319,9 +312,6 @@ def test_a_trunk_call_with_a_long_call_id_is_admitted(server_factory, tmp_path):
     assert answer is not None and answer.status == 200, answer and answer.status
 
 
-@pytest.mark.xfail(strict=True, reason="native registrar: a binding whose User-Agent is not UTF-8 cannot become "
-                                       "Python strings: its event is lost and every later bindings() raises "
-                                       "UnicodeDecodeError, so extension calls go unanswered")
 def test_a_phone_with_a_latin1_user_agent_does_not_break_extension_calls(server_factory, tmp_path):
     server = fuzz_server(server_factory, tmp_path)
     with SipClient(("127.0.0.1", server.sip_port)) as phone:
@@ -332,7 +322,7 @@ def test_a_phone_with_a_latin1_user_agent_does_not_break_extension_calls(server_
         auth = phone.authorization("REGISTER", uri, phone.final().challenges()[0], "1002", "pass1002")
         register = phone.request("REGISTER", uri, from_user="1002", headers=[*headers, ("Authorization", auth)])
         register = register.encode().replace(b"UA-PLACEHOLDER", "Téléphone 1.0".encode("latin-1"))
-        assert KNOWN_FAILURES["register_not_utf8"](register)
+        assert FIXED_FAILURES["register_not_utf8"](register)
         phone.send(register)
         assert phone.final().status == 200
     with SipClient(("127.0.0.1", server.sip_port)) as other:  # any later registration event
