@@ -158,7 +158,7 @@ typedef struct source_slot {
 } source_slot_t;
 
 typedef struct classify_slot {
-    char call_id[128];
+    char *call_id;       /* malloc'd; its first 128 bytes, as pjsua reports it (a longer one was refused) */
     pj_uint64_t at;
     char kind[12];       /* trunk | extension */
     char *ref;           /* trunk ref, or extension username */
@@ -1037,9 +1037,12 @@ static int filter_offer(pjsip_rx_data *rdata, const char *allowed) {
         media->desc.fmt_count = kept;
     }
     if (!usable) return 0;
-    char *out = pj_pool_alloc(pool, 4096);
-    int len = pjmedia_sdp_print(sdp, out, 4096);
-    if (len <= 0) return 1;
+    /* Reprinted, it is no longer than the offer plus pjmedia's normalising (a long offer did not fit
+     * a fixed 4 KB and went through unfiltered). */
+    size_t room = (size_t)body->len + 4096;
+    char *out = pj_pool_alloc(pool, room);
+    int len = pjmedia_sdp_print(sdp, out, room);
+    if (len <= 0) return 0; /* cannot be reprinted: refused rather than passed unfiltered */
     body->data = out;
     body->len = (unsigned)len;
     return 1;
@@ -1093,14 +1096,22 @@ static const aor_t *match_dynamic_trunk(RegistrarObject *r, pjsip_rx_data *rdata
 
 static void remember_classification(RegistrarObject *r, pjsip_rx_data *rdata, const char *kind, const char *ref,
                                     const char *extension, const char *group) {
-    const pj_str_t *cid = &rdata->msg_info.cid->id;
+    /* pjsua reports at most 128 bytes of a Call-ID (pjsua_call_info's buffer): keep the same. */
+    const pj_str_t *full = &rdata->msg_info.cid->id;
+    pj_str_t trimmed = {full->ptr, full->slen > 128 ? 128 : full->slen};
+    const pj_str_t *cid = &trimmed;
     pj_uint32_t h = fnv1a(cid->ptr, (size_t)cid->slen) % CLASSIFY_SLOTS;
     classify_slot_t *s = &r->classified[h];
+    free(s->call_id);
     free(s->ref);
     free(s->extension);
     free(s->group);
     memset(s, 0, sizeof(*s));
-    snprintf(s->call_id, sizeof(s->call_id), "%.*s", (int)cid->slen, cid->ptr);
+    s->call_id = malloc((size_t)cid->slen + 1); /* raw: compared with the Call-ID pjsua reports */
+    if (s->call_id) {
+        memcpy(s->call_id, cid->ptr, (size_t)cid->slen);
+        s->call_id[cid->slen] = 0;
+    }
     snprintf(s->kind, sizeof(s->kind), "%s", kind);
     s->ref = strdup(ref);
     s->extension = extension ? strdup(extension) : NULL;
@@ -1385,6 +1396,7 @@ static void free_aors(RegistrarObject *r) {
         r->aors[i] = NULL;
     }
     for (int i = 0; i < CLASSIFY_SLOTS; i++) {
+        free(r->classified[i].call_id);
         free(r->classified[i].ref);
         free(r->classified[i].extension);
         free(r->classified[i].group);
@@ -1541,8 +1553,8 @@ static PyObject *Registrar_expire(RegistrarObject *self, PyObject *unused) {
                 }
     for (int i = 0; i < CLASSIFY_SLOTS; i++) {
         classify_slot_t *s = &self->classified[i];
-        if (s->call_id[0] && now - s->at > 64000) {
-            free(s->ref); free(s->extension); free(s->group);
+        if (s->call_id && now - s->at > 64000) {
+            free(s->call_id); free(s->ref); free(s->extension); free(s->group);
             memset(s, 0, sizeof(*s));
         }
     }
@@ -1587,9 +1599,9 @@ static PyObject *Registrar_take_classification(RegistrarObject *self, PyObject *
     const char *cid = PyUnicode_AsUTF8AndSize(arg, &len);
     if (!cid) return NULL;
     classify_slot_t *s = &self->classified[fnv1a(cid, (size_t)len) % CLASSIFY_SLOTS];
-    if (!s->call_id[0] || strcmp(s->call_id, cid) != 0) Py_RETURN_NONE;
+    if (!s->call_id || strcmp(s->call_id, cid) != 0) Py_RETURN_NONE;
     PyObject *out = Py_BuildValue("(sszz)", s->kind, s->ref, s->extension, s->group);
-    free(s->ref); free(s->extension); free(s->group);
+    free(s->call_id); free(s->ref); free(s->extension); free(s->group);
     memset(s, 0, sizeof(*s));
     return out;
 }
