@@ -36,6 +36,7 @@ from typing import Any, Callable
 import numpy as np
 import pjsua2 as pj
 import _softswitch_native as native
+from bare_pjsua2 import start_endpoint
 
 BRIDGE_RATE = 8000
 PROVIDER_RATE = 24000
@@ -358,36 +359,8 @@ class BareAiServer:
         self.finished: list[AiCall] = []
         self.bridges: list[BareAiBridge] = []
         self.stop = False
-        ep = self.ep = pj.Endpoint()
-        ep.libCreate()
-        cfg = pj.EpConfig()
-        cfg.uaConfig.threadCnt = 0
-        cfg.uaConfig.mainThreadOnly = True
-        cfg.uaConfig.maxCalls = 1000
-        cfg.logConfig.level = 1
-        cfg.logConfig.consoleLevel = 1
-        cfg.medConfig.clockRate = BRIDGE_RATE
-        cfg.medConfig.sndClockRate = BRIDGE_RATE
-        cfg.medConfig.quality = 4
-        cfg.medConfig.ecTailLen = 0
-        cfg.medConfig.noVad = True
-        ep.libInit(cfg)
-        tc = pj.TransportConfig()
-        tc.port = args.port
-        tc.boundAddress = "127.0.0.1"
-        ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
-        ep.libStart()
-        ep.audDevManager().setNullDev()
-        for info in ep.codecEnum2():
-            name = info.codecId.split("/")[0].lower()
-            ep.codecSetPriority(info.codecId, {"pcmu": 250, "pcma": 249}.get(name, 0))
-        acfg = pj.AccountConfig()
-        acfg.idUri = f"sip:bare@127.0.0.1:{args.port}"
-        acfg.mediaConfig.transportConfig.port = args.rtp_port
-        acfg.mediaConfig.transportConfig.portRange = args.rtp_count
-        acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
         self.acc = AiAccount(self)
-        self.acc.create(acfg, True)
+        self.ep = start_endpoint(args, self.acc, BRIDGE_RATE)
         self.io = AiIo()
 
     def run(self) -> None:

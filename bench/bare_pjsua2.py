@@ -52,6 +52,41 @@ import pjsua2 as pj
 IVR_MENU_WAIT_S = 10.0  # the flow's call.wait timeoutSeconds
 
 
+
+def start_endpoint(args: argparse.Namespace, account: pj.Account, clock_rate: int = 8000) -> pj.Endpoint:
+    """The baseline's endpoint with softswitch's settings (one thread, 8 kHz bridge, no echo
+    canceller, no VAD, PCMU/PCMA only); `account` answers on args.port, RTP from args.rtp_port."""
+    ep = pj.Endpoint()
+    ep.libCreate()
+    cfg = pj.EpConfig()
+    cfg.uaConfig.threadCnt = 0
+    cfg.uaConfig.mainThreadOnly = True
+    cfg.uaConfig.maxCalls = 1000
+    cfg.logConfig.level = 1
+    cfg.logConfig.consoleLevel = 1
+    cfg.medConfig.clockRate = clock_rate
+    cfg.medConfig.sndClockRate = clock_rate
+    cfg.medConfig.quality = 4
+    cfg.medConfig.ecTailLen = 0
+    cfg.medConfig.noVad = True
+    ep.libInit(cfg)
+    tc = pj.TransportConfig()
+    tc.port = args.port
+    tc.boundAddress = "127.0.0.1"
+    ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
+    ep.libStart()
+    ep.audDevManager().setNullDev()
+    for info in ep.codecEnum2():
+        name = info.codecId.split("/")[0].lower()
+        ep.codecSetPriority(info.codecId, {"pcmu": 250, "pcma": 249}.get(name, 0))
+    acfg = pj.AccountConfig()
+    acfg.idUri = f"sip:bare@127.0.0.1:{args.port}"
+    acfg.mediaConfig.transportConfig.port = args.rtp_port
+    acfg.mediaConfig.transportConfig.portRange = args.rtp_count
+    acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+    account.create(acfg, True)
+    return ep
+
 class EofPlayer(pj.AudioMediaPlayer):
     """A player whose end of file (on the bridge's clock thread) is only queued for the loop."""
 
@@ -218,36 +253,8 @@ class BareServer:
         self.agents: list[BareCall] = []  # b2bua: live agent legs (the account owns no outbound call)
         self.bridged = 0
         self.stop = False
-        ep = self.ep = pj.Endpoint()
-        ep.libCreate()
-        cfg = pj.EpConfig()
-        cfg.uaConfig.threadCnt = 0
-        cfg.uaConfig.mainThreadOnly = True
-        cfg.uaConfig.maxCalls = 1000
-        cfg.logConfig.level = 1
-        cfg.logConfig.consoleLevel = 1
-        cfg.medConfig.clockRate = 8000
-        cfg.medConfig.sndClockRate = 8000
-        cfg.medConfig.quality = 4
-        cfg.medConfig.ecTailLen = 0
-        cfg.medConfig.noVad = True
-        ep.libInit(cfg)
-        tc = pj.TransportConfig()
-        tc.port = args.port
-        tc.boundAddress = "127.0.0.1"
-        ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
-        ep.libStart()
-        ep.audDevManager().setNullDev()
-        for info in ep.codecEnum2():
-            name = info.codecId.split("/")[0].lower()
-            ep.codecSetPriority(info.codecId, {"pcmu": 250, "pcma": 249}.get(name, 0))
-        acfg = pj.AccountConfig()
-        acfg.idUri = f"sip:bare@127.0.0.1:{args.port}"
-        acfg.mediaConfig.transportConfig.port = args.rtp_port
-        acfg.mediaConfig.transportConfig.portRange = args.rtp_count
-        acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
         self.acc = BareAccount(self)
-        self.acc.create(acfg, True)
+        self.ep = start_endpoint(args, self.acc)
         self.full = FullWork(self, args) if self.workload == "full" else None
 
     def dial_agent(self, caller: BareCall) -> None:
