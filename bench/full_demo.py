@@ -77,6 +77,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from ai_capacity import FAKE as FAKE_PROVIDER  # noqa: E402
 from capacity import source_revision, tone_seconds  # noqa: E402
 from queue_capacity import register_agents  # noqa: E402
 from tests.support.audio import alaw_decode, tone, ulaw_decode  # noqa: E402
@@ -280,18 +281,7 @@ def legs_active(metrics_port: int | None) -> float | None:
 
 
 # ---- the targets -----------------------------------------------------------------------------------
-FAKE_AI = """
-import sys
-sys.path.insert(0, {repo!r})
-from tests.support.fake_ai import FakeProvider
-fake = FakeProvider("openai", echo=True)
-fake.record = False
-fake.echo_batch = 10
-fake.start()
-print(fake.port, flush=True)
-sys.stdin.read()
-fake.stop()
-"""
+FAKE_AI = FAKE_PROVIDER  # the fake OpenAI Realtime provider process of ai_capacity.py
 
 
 class FakeAi:
