@@ -331,7 +331,7 @@ class Dialer:
             self.ua.legs.pop(leg.id, None)
             self._targets.pop(leg.id, None)
             if leg.call is not None:
-                leg.call.leg = None
+                leg.call.release()  # pjsua may already have given its slot number to another call
             raise DialError(f"cannot call {target.uri}: {exc.reason or exc.info()}") from None
         log.info("%s: calling %s via %s %s", leg.id, target.uri, target.kind, target.ref)
         self.ua.leg_created(leg)

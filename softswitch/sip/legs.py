@@ -185,12 +185,12 @@ class Leg(LegBase):
 
     def destroy(self) -> None:
         """Last resort at shutdown: drop the pjsua2 call object."""
-        self.call.leg = None
+        if self.call is not None:
+            self.call.leg = None
         self.call = None  # type: ignore[assignment]
 
     # ---- pjsua2 callbacks, forwarded by SipCall (UA thread) ----------------------------
-    def _on_state(self) -> None:
-        ci = self.call.getInfo()
+    def _on_state(self, ci: "pj.CallInfo") -> None:
         self.call_id = ci.callIdString
         self.remote_uri = ci.remoteUri
         self.local_uri = ci.localUri
@@ -215,8 +215,8 @@ class Leg(LegBase):
             self.ua.call_soon(self._forget)
 
     def _forget(self) -> None:
-        """Drop the ended call from the loop (not its callback): the pjsua2 Call is destroyed
-        here, on the UA thread, whoever still holds this Leg."""
+        """Drop the ended leg from the loop (not inside its callback; its pjsua2 Call is
+        already destroyed, see SipCall.release)."""
         self.ua.legs.pop(self.id, None)
         call, self.call = self.call, None  # type: ignore[assignment]
         if call is not None:
@@ -260,8 +260,32 @@ class SipCall(pj.Call):
         self.leg: Leg | None = None
 
     def onCallState(self, prm) -> None:
+        try:
+            ci = self.getInfo()
+        except pj.Error:
+            # A call that failed inside makeCall is reported here with no session left;
+            # makeCall raises, and the dialer releases the call.
+            return
         if self.leg is not None:
-            self.ua.guard("onCallState", self.leg._on_state)
+            self.ua.guard("onCallState", self.leg._on_state, ci)
+        if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            self.release()
+
+    def release(self) -> None:
+        """Destroy the C++ call now, while pjsua's call slot is still this call's or free.
+
+        pjsua2's Call destructor clears the user data of, and hangs up, whichever call holds
+        its slot number *when it runs*, and pjsua gives a freed slot to the next call at once
+        (often the very next INVITE). Destroyed a loop turn later, or whenever Python dropped
+        the last reference, an ended leg's Call declined a new caller with 603 and detached it
+        from its leg, which then never ended. Inside the DISCONNECTED callback (pjsua2 allows
+        deleting the call there) or after a failed makeCall, the destructor touches nothing
+        else. The Python object stays, empty: nothing may call it again."""
+        leg, self.leg = self.leg, None
+        if leg is not None and leg.call is self:
+            leg.call = None  # type: ignore[assignment]
+        if self.thisown:
+            pj.Call.__swig_destroy__(self)
 
     def onCallMediaState(self, prm) -> None:
         if self.leg is not None:
