@@ -219,3 +219,42 @@ def test_menu_rules_interdigit_and_fallback_on_real_calls(server_factory, tmp_pa
     taken = log_time(server.text(), f"node {node} ")
     assert at_least - 0.5 <= taken - answered <= at_most, (taken - answered)
 
+
+
+HANGUP_AFTER_END_FLOW = """
+name: hangup_after_end
+triggers:
+  - name: trunk_main
+    trigger: trunk
+    params: {ref: trunk_main}
+    next: {Call: [answer]}
+nodes:
+  - name: answer
+    op: call.answer
+    next: {Result: [menu]}
+  - name: menu
+    op: call.wait
+    params: {timeoutSeconds: 10}
+    next: {Ended: [hangup_gone_caller]}
+  - name: hangup_gone_caller
+    op: call.hangup
+    next: {Result: [after_hangup]}
+  - name: after_hangup
+    op: call.hangup
+"""
+
+
+def test_hanging_up_a_leg_the_far_end_just_hung_up_is_not_a_flow_error(server_factory, tmp_path):
+    server = flow_server(server_factory, tmp_path, HANGUP_AFTER_END_FLOW)
+    pcap = tmp_path / "caller.pcap"
+    write_rtp_pcap(pcap, np.zeros(8000, dtype=np.int16))
+    uac = Sipp("uac_call_pcap", f"127.0.0.1:{server.sip_port}", calls=1,
+               variables={"caller": "5551234", "hold_ms": 1000}, keys={"pcap": pcap}, timeout_s=20)
+    with uac:
+        result = uac.wait(20)
+    assert result.ok, str(result)
+    # Both hangups ran after the caller's BYE and passed their Result on; nothing failed.
+    assert server.wait_for_log("node after_hangup")
+    assert "node hangup_gone_caller" in server.text()
+    assert "unknown or ended leg" not in server.text()
+    assert " ERROR " not in server.text()

@@ -54,7 +54,13 @@ def _unbridge(engine: "FlowEngine", a: Activation) -> None:
 
 def _simple(engine: "FlowEngine", a: Activation, action: str) -> None:
     """An action that holds the leg only while it runs, then emits Result {legId}."""
-    flow_leg = engine.leg(resolve_leg_id(a.item, a.options))
+    leg_id = resolve_leg_id(a.item, a.options)
+    if action == "hangup" and leg_id and leg_id not in engine.legs and leg_id in engine.snapshots:
+        # The far end hung up a moment ago (terminal snapshot, §1.5): what the hangup asked for
+        # has happened. Not a flow error; the race is every call's (agent and flow hang up at once).
+        a.emit("Result", {"legId": leg_id}, {"legId": leg_id})
+        return
+    flow_leg = engine.leg(leg_id)
     ticket = flow_leg.retention.acquire(f"action:{a.node.name}")
     try:
         leg = flow_leg.leg
