@@ -126,7 +126,7 @@ class _CallerIdAccounts:
             entry.legs = {leg_id for leg_id in entry.legs if leg_id in self.ua.legs}
             if not entry.legs:
                 del self._entries[key]
-                self.ua.guard("caller-ID account shutdown", entry.account.shutdown)
+                self.ua.guard("caller-ID account shutdown", entry.account.destroy)
                 return
         raise DialError(f"{self.capacity} different caller IDs are all in live calls; wait for one of those calls "
                         "to end or dial without a caller number/name")
@@ -136,7 +136,7 @@ class _CallerIdAccounts:
 
     def shutdown(self) -> None:
         for entry in self._entries.values():
-            self.ua.guard("caller-ID account shutdown", entry.account.shutdown)
+            self.ua.guard("caller-ID account shutdown", entry.account.destroy)
         self._entries.clear()
 
 

@@ -131,6 +131,16 @@ class ForwardingAccount(pj.Account):
         if self._on_reg_state is not None:
             self.ua.guard("onRegState", self._on_reg_state, prm)
 
+    def destroy(self) -> None:
+        """Delete the pjsua account now, exactly once; the Python object is empty afterwards.
+
+        pjsua2's shutdown() deletes the account but keeps its id, and its destructor, whenever
+        Python gets to run it, deletes whichever account holds that id by then: pjsua gives
+        the lowest free id to the next account, so that is a live caller-ID account, whose
+        pool its calls still read."""
+        if self.thisown:
+            pj.Account.__swig_destroy__(self)
+
 
 class _ConnectionState:
     """One connection's account and what its registration last reported."""
@@ -232,5 +242,5 @@ class Trunks:
         """Delete the accounts (pjsua sends the un-REGISTERs); before libDestroy."""
         for state in self._states.values():
             if state.account is not None:
-                self.ua.guard("connection account shutdown", state.account.shutdown)
+                self.ua.guard("connection account shutdown", state.account.destroy)
                 state.account = None
