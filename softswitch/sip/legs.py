@@ -146,7 +146,12 @@ class Leg(LegBase):
     def answer(self) -> None:
         if self.direction != "inbound" or self.answered or self.ended:
             return
-        if self.call.getInfo().state >= pj.PJSIP_INV_STATE_CONNECTING:
+        try:
+            state = self.call.getInfo().state
+        except pj.Error as exc:  # no session left; its end reaches the leg through the callback
+            log.warning("leg %s: cannot answer: %s", self.id, exc.reason or exc.info())
+            return
+        if state >= pj.PJSIP_INV_STATE_CONNECTING:
             return  # our 200 is sent already (the leg is ANSWERED at the ACK); a second one is refused
         try:
             self.call.answer(_op(200))
