@@ -45,20 +45,34 @@ class _Entry:
     handle: "TimerHandle" = field(compare=False)
 
 
+def _cancelled_timer() -> None:
+    pass
+
+
 class TimerHandle:
     """What `Timers.schedule` returns: cancel it to stop the callback from running."""
 
-    __slots__ = ("callback", "deadline", "cancelled", "fired", "name")
+    __slots__ = ("callback", "deadline", "cancelled", "fired", "name", "_timers")
 
-    def __init__(self, callback: Callable[[], None], deadline: float, name: str) -> None:
+    def __init__(self, callback: Callable[[], None], deadline: float, name: str,
+                 timers: "Timers | None" = None) -> None:
         self.callback = callback
         self.deadline = deadline
         self.cancelled = False
         self.fired = False
         self.name = name
+        self._timers = timers
 
     def cancel(self) -> None:
+        """Stop the timer and let go of its callback now. The heap entry stays until it is
+        popped or compacted away; holding the callback till the deadline kept whatever it
+        closes over (a finished hour-long call.wait: its legs, flow items and recordings)."""
+        if self.cancelled or self.fired:
+            return
         self.cancelled = True
+        self.callback = _cancelled_timer
+        if self._timers is not None:
+            self._timers._note_cancelled()
 
     @property
     def active(self) -> bool:
@@ -77,15 +91,29 @@ class Timers:
         self._heap: list[_Entry] = []
         self._seq = itertools.count()
         self._on_error = on_error
+        self._cancelled = 0  # cancelled entries still in the heap
 
     def schedule(self, delay: float, callback: Callable[[], None], name: str = "timer") -> TimerHandle:
-        handle = TimerHandle(callback, self.clock.now() + max(0.0, delay), name)
+        handle = TimerHandle(callback, self.clock.now() + max(0.0, delay), name, self)
         heapq.heappush(self._heap, _Entry(handle.deadline, next(self._seq), handle))
         return handle
 
+    def _note_cancelled(self) -> None:
+        """Rebuild the heap without cancelled entries once they are most of it, so timers
+        cancelled long before their deadline do not pile up."""
+        self._cancelled += 1
+        if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
+            self._heap = [e for e in self._heap if e.handle.active]
+            heapq.heapify(self._heap)
+            self._cancelled = 0
+
+    def _pop_cancelled(self) -> None:
+        heapq.heappop(self._heap)
+        self._cancelled = max(0, self._cancelled - 1)
+
     def next_deadline(self) -> float | None:
         while self._heap and not self._heap[0].handle.active:
-            heapq.heappop(self._heap)
+            self._pop_cancelled()
         return self._heap[0].deadline if self._heap else None
 
     def run_due(self) -> int:
@@ -94,7 +122,7 @@ class Timers:
         while self._heap:
             entry = self._heap[0]
             if not entry.handle.active:
-                heapq.heappop(self._heap)
+                self._pop_cancelled()
                 continue
             if entry.deadline > self.clock.now():
                 break
