@@ -101,6 +101,49 @@ def _import_pj():
     return pjsua2
 
 
+class CycleCollector:
+    """Python's cyclic garbage collector, run on the UA thread only.
+
+    Automatic collection runs on whichever thread happens to allocate when a threshold is
+    crossed: pjmedia's clock thread in the middle of a bridge tick (a player's end-of-file
+    callback), the RTP worker, the AI I/O loop. A cycle holding a pjsua2 object or a FramePort
+    then runs its C++ destructor there, and a bridge port freed inside the bridge's own tick, or
+    a pjsua call torn down beside the UA thread, corrupts memory that crashes the process
+    minutes later. So automatic collection is off while the UA runs, and the same generational
+    schedule runs here between loop turns (a full collection at most every `full_every_s`)."""
+
+    def __init__(self, threshold0: int = 700, threshold1: int = 10, threshold2: int = 10,
+                 full_every_s: float = 30.0) -> None:
+        self.threshold0, self.threshold1, self.threshold2 = threshold0, threshold1, threshold2
+        self.full_every_s = full_every_s
+        self._last_full = 0.0
+        self._was_enabled = False
+        self.collections = [0, 0, 0]
+
+    def start(self, now: float) -> None:
+        self._was_enabled = gc.isenabled()
+        gc.disable()
+        self._last_full = now
+
+    def run(self, now: float) -> None:
+        counts = gc.get_count()
+        if counts[0] < self.threshold0:
+            return
+        if counts[2] >= self.threshold2 and now - self._last_full >= self.full_every_s:
+            generation = 2
+            self._last_full = now
+        elif counts[1] >= self.threshold1:
+            generation = 1
+        else:
+            generation = 0
+        gc.collect(generation)
+        self.collections[generation] += 1
+
+    def stop(self) -> None:
+        if self._was_enabled:
+            gc.enable()
+
+
 class UserAgent:
     """Owns the pjsua2 endpoint, its thread, its timers and strong references to live objects."""
 
@@ -135,6 +178,7 @@ class UserAgent:
         self._log_writer = None
         self.listen: ListenInfo | None = None
         self.loop_stats = LoopStats()
+        self.cycles = CycleCollector()
         self._leg_watchers: list[LegWatcher] = []
 
     # ---- life cycle (any thread) --------------------------------------------------------
@@ -251,10 +295,12 @@ class UserAgent:
             self._stopped.set()
             return
         self._ready.set()
+        self.cycles.start(time.monotonic())
         try:
             self._loop()
         finally:
             self._shutdown()
+            self.cycles.stop()
             self._stopped.set()
 
     def _loop(self) -> None:
@@ -271,6 +317,7 @@ class UserAgent:
             for poll in list(self._pollers):
                 self.guard("frame poller", poll)
             self._flush_releases()
+            self.cycles.run(time.monotonic())
             now = time.monotonic()
             self.loop_stats.record(now - turn_start - LOOP_POLL_MS / 1000.0, now)
 
