@@ -132,3 +132,33 @@ def test_a_looping_player_wraps_around_without_an_empty_frame(ua, tmp_path):
     assert len(frames) >= 80
     levels = [rms(frame) for frame in frames]
     assert min(levels) > 0.3 * max(levels), f"a quiet frame among {len(frames)}: min {min(levels):.1f}, max {max(levels):.1f}"
+
+
+def test_a_closed_player_gets_no_end_of_file_and_is_destroyed_a_moment_later_on_the_ua_thread(ua, tmp_path):
+    """pjmedia posts end-of-file to its event thread; a player destroyed while that callback ran
+    was called back from freed memory. Closing clears the callback, then keeps the pjsua2
+    player a moment before dropping it on the UA thread."""
+    import weakref
+
+    wav = tmp_path / "short.wav"
+    sf.write(wav, tone(440, 0.2), 8000, subtype="PCM_16")
+    done: list[str] = []
+
+    def start():
+        port = FramePort(ua, "sink", capacity_frames=64)
+        player = PromptPlayer(ua, wav, on_done=lambda p: done.append("eof"))
+        player.play_to(port.slot)
+        return port, player, weakref.ref(player._player)
+
+    port, player, pj_player = ua.run_sync(start)
+    try:
+        time.sleep(0.1)
+        ua.run_sync(player.stop)  # before its end: the end-of-file must never arrive
+        time.sleep(0.5)
+        assert pj_player() is not None  # still kept: a callback already running may finish
+        time.sleep(1.5)
+        ua.run_sync(lambda: None)
+        assert pj_player() is None
+        assert done == []
+    finally:
+        ua.run_sync(port.stop)

@@ -19,12 +19,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("softswitch.media")
 
 
+# How long a closed player's pjsua2 object outlives its close. pjmedia delivers end-of-file on
+# its event thread, after the clock thread posted it; a player destroyed while that callback
+# runs is called back from freed memory (a soak crashed in the player's dealloc). Closing clears
+# the callback first, so only one already running can still arrive.
+PLAYER_RETIRE_S = 1.0
+
+
+def _no_eof() -> None:
+    pass
+
+
 class _EofPlayer(pj.AudioMediaPlayer):
     def __init__(self, on_eof: Callable[[], None]) -> None:
         super().__init__()
         self._on_eof = on_eof
 
-    def onEof2(self) -> None:  # clock thread: hand over, nothing else
+    def onEof2(self) -> None:  # pjmedia's event thread: hand over, nothing else
         try:
             self._on_eof()
         except Exception:
@@ -83,5 +94,21 @@ class PromptPlayer:
             self._on_done(self)
 
     def close(self) -> None:
+        """Disconnect now (the bridge stops pulling frames, so no new end-of-file is posted);
+        destroy the pjsua2 player a moment later, once a callback already posted has run."""
         self.finished = True
-        self._player = None  # pjsua2 destroys the player with its last reference
+        player, self._player = self._player, None
+        if player is None:
+            return
+        try:
+            bridge.seamless_loop(self.slot)  # no end-of-file callback any more, queued ones included
+        except (RuntimeError, ValueError) as exc:
+            log.debug("player on slot %d: clearing end-of-file: %s", self.slot, exc)
+        for slot in self._targets:
+            try:
+                bridge.disconnect(self.slot, slot)
+            except RuntimeError:
+                pass  # that slot's port is gone already (the leg ended)
+        self._targets.clear()
+        player._on_eof = _no_eof
+        self.ua.retire_later(player, PLAYER_RETIRE_S)

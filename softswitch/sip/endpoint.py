@@ -9,6 +9,7 @@ Python it runs is end-of-file notifications that are turned into commands for th
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import logging
@@ -166,6 +167,7 @@ class UserAgent:
         self.legs: dict[str, "Leg"] = {}
         self._media_objects: set[Any] = set()
         self._release_later: list[Any] = []
+        self._retiring: collections.deque[tuple[float, Any]] = collections.deque()
         self.ids = IdFactory()
         self.pj = None
         self.ep = None
@@ -264,6 +266,11 @@ class UserAgent:
         """Drop our reference on the next loop turn, never inside the object's own callback."""
         self._release_later.append(obj)
 
+    def retire_later(self, obj: Any, delay_s: float) -> None:
+        """Keep a closed pjsua2 object `delay_s` longer, then drop it on this thread: for objects
+        a pjmedia thread may still be calling back (a player's end-of-file)."""
+        self._retiring.append((time.monotonic() + delay_s, obj))
+
     def new_leg_id(self) -> str:
         return self.ids.new("leg")
 
@@ -336,6 +343,9 @@ class UserAgent:
             close = getattr(obj, "close", None)
             if callable(close):
                 self.guard("release", close)
+        now = time.monotonic()
+        while self._retiring and self._retiring[0][0] <= now:
+            self._retiring.popleft()
 
     def _timer_failed(self, name: str, exc: BaseException) -> None:
         log.error("timer %s failed: %s", name, exc, exc_info=exc)
@@ -451,6 +461,7 @@ class UserAgent:
         self._release_later.extend(self._media_objects)
         self._flush_releases()
         self._media_objects.clear()
+        self._retiring.clear()
         self._pollers.clear()
         self.handler = None
         # -- outbound edge: caller-ID accounts, then the connections' accounts (un-REGISTER) --
