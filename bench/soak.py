@@ -142,7 +142,8 @@ def main() -> int:
            "load_after": load_note(), "cps": cps, "minutes": args.minutes, "agents": load.agents,
            "wall_s": round(time.monotonic() - started), **verdict,
            "calls": r["calls"], "kinds": r["kinds"], "callbacks": r["callbacks"], "queue_waits_s": r["queue_waits_s"],
-           "recordings": r["recordings"], "errors_logged": r["errors_logged"], "cpu_percent": r["cpu_percent"],
+           "recordings": r["recordings"], "errors_logged": r["errors_logged"],
+           "error_lines": r.get("error_lines", []), "cpu_percent": r["cpu_percent"],
            "call_records": r.get("call_records"), "times": r["times"], "samples": run.sampler.samples}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(doc, indent=2, default=str))
