@@ -182,6 +182,8 @@ def build_limits() -> dict:
     return native.limits()
 
 
-def seamless_loop(player_slot: int) -> None:
-    """Make a looping file player rewind without the empty frame pjmedia inserts at each wrap."""
+def clear_end_of_file(player_slot: int) -> None:
+    """Take a file player's end-of-file callback away, events already queued included. A looping
+    player then rewinds without the empty frame pjmedia inserts at each wrap; a closing player
+    is no longer called back from pjmedia's event thread."""
     native.player_seamless_loop(player_slot)

@@ -67,7 +67,7 @@ class PromptPlayer:
                 self.path.unlink(missing_ok=True)
         self.slot: int = self._player.getPortId()
         if loop:
-            bridge.seamless_loop(self.slot)
+            bridge.clear_end_of_file(self.slot)
         ua.keep(self)
 
     def play_to(self, slot: int, level: float = 1.0) -> None:
@@ -101,7 +101,7 @@ class PromptPlayer:
         if player is None:
             return
         try:
-            bridge.seamless_loop(self.slot)  # no end-of-file callback any more, queued ones included
+            bridge.clear_end_of_file(self.slot)
         except (RuntimeError, ValueError) as exc:
             log.debug("player on slot %d: clearing end-of-file: %s", self.slot, exc)
         for slot in self._targets:

@@ -119,7 +119,6 @@ class CycleCollector:
         self.full_every_s = full_every_s
         self._last_full = 0.0
         self._was_enabled = False
-        self.collections = [0, 0, 0]
 
     def start(self, now: float) -> None:
         self._was_enabled = gc.isenabled()
@@ -138,7 +137,6 @@ class CycleCollector:
         else:
             generation = 0
         gc.collect(generation)
-        self.collections[generation] += 1
 
     def stop(self) -> None:
         if self._was_enabled:

@@ -223,9 +223,6 @@ class Leg(LegBase):
         """Drop the ended leg from the loop (not inside its callback; its pjsua2 Call is
         already destroyed, see SipCall.release)."""
         self.ua.legs.pop(self.id, None)
-        call, self.call = self.call, None  # type: ignore[assignment]
-        if call is not None:
-            call.leg = None
         self._listeners.clear()
 
     def _on_media_state(self) -> None:
