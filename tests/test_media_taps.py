@@ -156,8 +156,9 @@ def test_a_closed_player_gets_no_end_of_file_and_is_destroyed_a_moment_later_on_
         ua.run_sync(player.stop)  # before its end: the end-of-file must never arrive
         time.sleep(0.5)
         assert pj_player() is not None  # still kept: a callback already running may finish
-        time.sleep(1.5)
-        ua.run_sync(lambda: None)
+        deadline = time.monotonic() + 5
+        while ua.run_sync(lambda: pj_player() is not None) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert pj_player() is None
         assert done == []
     finally:

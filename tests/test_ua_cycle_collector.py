@@ -23,15 +23,16 @@ class _Cycle:
 
 def test_cycles_made_and_dropped_on_another_thread_are_collected_on_the_ua_thread(ua):
     seen: list[str] = []
+    # Allocations far past the collector's threshold, made on the other thread and kept until
+    # the end: freed at once, they would take the count back under the threshold before the
+    # UA loop looked.
+    kept: list = []
 
     def churn() -> None:
         for _ in range(50):
             _Cycle(seen)  # garbage at once: only the cyclic collector can free it
-        junk = []
-        for i in range(20000):  # allocations far past the collector's threshold, on this thread
-            junk.append((i, str(i)))
-            if i % 1000 == 0:
-                junk = []
+        for i in range(5000):
+            kept.append((i, str(i)))
 
     worker = threading.Thread(target=churn, name="not-ua")
     worker.start()

@@ -68,7 +68,9 @@ def main(work: Path) -> dict:
         with call(3000) as third:
             if not third_answered.wait(10):
                 return {"error": "the third call was not offered"}
-            time.sleep(0.5)
+            deadline = time.monotonic() + 5  # until our 200 is ACKed: the call is up in its slot
+            while not ua.run_sync(lambda: legs[2].answered) and time.monotonic() < deadline:
+                time.sleep(0.02)
 
             def drop_the_first_call_object() -> None:
                 held.clear()
