@@ -26,4 +26,7 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   build-essential cmake pkg-config dpkg-dev swig python3-dev python3-venv \
   libopus-dev libssl-dev uuid-dev \
   sip-tester tcpdump espeak-ng sox >/dev/null
+# Independent softphones for the interop suite (no code shared with PJSIP): liblinphone's
+# console client and baresip.
+$SUDO apt-get install -y -qq --no-install-recommends linphone-cli baresip-core >/dev/null
 touch "$stamp"
