@@ -58,6 +58,7 @@ class Linphone:
     name: str = "phone"
     transport: str = "udp"
     auto_answer: bool = False
+    user: str = ""  # the From user of calls it places (a caller's number); default: its name
     # Extra linphonerc settings: {"section": {"key": "value"}}.
     settings: dict[str, dict[str, str]] = field(default_factory=dict)
     sip_port: int = 0
@@ -68,6 +69,7 @@ class Linphone:
     _lines: list[str] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _event_pos: int = 0
 
     # ---- life cycle ---------------------------------------------------------------------------
     def start(self, timeout: float = 15.0) -> "Linphone":
@@ -105,8 +107,8 @@ class Linphone:
                     "bind_address": "127.0.0.1", "default_proxy": "-1", "sip_random_port": "0",
                     "inc_timeout": "120", "verify_server_certs": "0", "verify_server_cn": "0",
                     "register_only_when_network_is_up": "0", "guess_hostname": "0", "ping_with_options": "0",
-                    "keepalive_period": "0"},
-            "rtp": {"audio_rtp_port": f"{self.rtp_port}-{self.rtp_port + 19}", "audio_jitt_comp": "60",
+                    "keepalive_period": "0", "contact": f"sip:{self.user or self.name}@127.0.0.1"},
+            "rtp": {"audio_rtp_port": f"{self.rtp_port}-{self.rtp_port + 19}", "audio_jitt_comp": "60", "bind_address": "127.0.0.1",
                     "symmetric": "1", "rtcp_enabled": "0"},
             "sound": {"echocancellation": "0", "mic_gain_db": "0"},
             "video": {"capture": "0", "display": "0", "automatically_initiate": "0", "automatically_accept": "0"},
@@ -262,19 +264,30 @@ class Linphone:
             time.sleep(0.1)
         raise SoftphoneError(f"{self.name}: call {call_id or 'current'} is {seen or 'gone'}, not {state}:\n{self.log_tail()}")
 
+    _EVENT = re.compile(r"Event-type: (\S+)\n\n((?:[\w-]+: .*\n)+)")
+
     def pop_events(self) -> list[Event]:
-        """Every queued daemon event, oldest first (also kept in `events`)."""
+        """Events the daemon printed since the last call, oldest first (also kept in `events`).
+        In pipe mode linphone-daemon writes each event to its output as it happens."""
+        text = self.output()
         got: list[Event] = []
-        for _ in range(200):
-            answer = self.command("pop-event")
-            body = answer.partition("\n\n")[2]
-            fields = dict(line.split(": ", 1) for line in body.splitlines() if ": " in line)
-            if not fields or "Event-type" not in fields:
-                break
-            event = Event(fields.pop("Event-type"), fields)
-            got.append(event)
+        for m in self._EVENT.finditer(text, self._event_pos):
+            fields = dict(line.split(": ", 1) for line in m.group(2).splitlines() if ": " in line)
+            got.append(Event(m.group(1), fields))
+            self._event_pos = m.end()
         self.events.extend(got)
         return got
+
+    def wait_event(self, state: str, call_id: str = "", timeout: float = 15.0) -> Event:
+        """Until the daemon reports `state` (a call or registration state) for `call_id` (any)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in [*self.events, *self.pop_events()]:
+                if event.state == state and (not call_id or event.call_id == call_id):
+                    return event
+            if time.monotonic() > deadline:
+                raise SoftphoneError(f"{self.name}: no {state} in {timeout} s:\n{self.log_tail()}")
+            time.sleep(0.05)
 
     def wait_incoming(self, timeout: float = 15.0) -> str:
         """Until a call rings on this phone; returns its call id."""
