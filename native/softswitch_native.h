@@ -23,4 +23,9 @@ int ss_require_pj_thread(void);
 /* Sets a RuntimeError naming the pjproject call and its error text; returns NULL. */
 PyObject *ss_raise_pj(const char *what, pj_status_t status);
 
+/* transfer.c: REFER taken before pjsua (which would dial the target itself). */
+PyObject *ss_transfer_install(PyObject *self, PyObject *handler);
+PyObject *ss_transfer_notify(PyObject *self, PyObject *args);
+PyObject *ss_dialog_call(PyObject *self, PyObject *args);
+
 #endif
