@@ -1,0 +1,97 @@
+"""Transfer by an agent phone (REFER) on real phones (liblinphone), through the assembled demo.
+
+The trunk caller (440 Hz) presses 1 and is bridged to agent 1001 (1000 Hz). The agent transfers:
+blind to extension 1003 (1500 Hz): the caller then hears 1003 and 1003 hears the caller, the
+agent's call ends after its NOTIFY 200, the caller's split-stereo recording goes on with 1003,
+and the call record lists the transfer. Refused and failed transfers (a REFER from a leg that is
+not bridged, a REFER to a number nobody handles) change nothing: the call stays bridged, audio
+both ways. Attended: the agent consults 1003 with a second call and joins the caller to it
+(REFER with Replaces, linphone's `call-transfer <id1> <id2>`). What each phone hears is decoded
+from a loopback capture of its RTP.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import soundfile as sf
+
+from tests.support import softphone
+from tests.support.interop import (AGENT_HZ, CALLER_HZ, demo_server, dominant, heard_between, mostly, phones,
+                                   rtp_capture, tone_wav)
+from tests.support.waiting import wait_for
+
+pytestmark = [pytest.mark.sipp, pytest.mark.interop,
+              pytest.mark.skipif(not softphone.available(), reason="linphone-daemon not installed")]
+
+TARGET_HZ = 1500  # what the transfer target's phone (extension 1003) sends
+
+
+def _bridge_caller_to_agent(server, caller, agent, tmp_path, *, before_1=None):
+    """The caller dials the demo, presses 1 and is bridged to agent 1001; both send their tone."""
+    agent.wait_registered(agent.register("1001", "pass1001", f"127.0.0.1:{server.sip_port}"), 10)
+    call = caller.call(f"sip:100@127.0.0.1:{server.sip_port}")
+    caller.wait_event("LinphoneCallStreamsRunning", call, 15)
+    caller.keep_playing(tone_wav(tmp_path / "caller.wav", CALLER_HZ), call)
+    if before_1 is not None:
+        before_1(call)
+    time.sleep(1.0)
+    caller.dtmf("1")
+    agent_call = agent.wait_event("LinphoneCallIncomingReceived", timeout=30).call_id
+    agent.wait_event("LinphoneCallStreamsRunning", agent_call, 15)
+    agent.keep_playing(tone_wav(tmp_path / "agent.wav", AGENT_HZ), agent_call)
+    return call, agent_call
+
+
+def _records(tmp_path):
+    path = tmp_path / "calls.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_blind_transfer_to_an_extension_moves_the_caller_with_its_recording_and_record(tmp_path):
+    with demo_server(tmp_path) as server, \
+            phones(tmp_path, {"name": "caller", "user": "5551234"}, {"name": "agent", "auto_answer": True},
+                   {"name": "target", "auto_answer": True}) as (caller, agent, target):
+        target.wait_registered(target.register("1003", "pass1003", f"127.0.0.1:{server.sip_port}"), 10)
+        cap = rtp_capture(tmp_path, caller, agent, target)
+        with cap:
+            call, agent_call = _bridge_caller_to_agent(server, caller, agent, tmp_path)
+            time.sleep(2.0)
+            t_bridged = time.time()
+            time.sleep(1.5)
+            t_refer = time.time()
+            agent.transfer(agent_call, f"sip:1003@127.0.0.1:{server.sip_port}")
+            target_call = target.wait_event("LinphoneCallStreamsRunning", timeout=15).call_id
+            target.keep_playing(tone_wav(tmp_path / "target.wav", TARGET_HZ), target_call)
+            agent.wait_event("LinphoneCallEnd", agent_call, 10)  # liblinphone ends it on NOTIFY 200
+            time.sleep(1.5)
+            t_moved = time.time()
+            time.sleep(2.5)
+            t_end = time.time()
+            caller.terminate(call)
+            target.wait_event("LinphoneCallEnd", target_call, 10)  # the target goes with the caller
+
+        assert mostly(heard_between(cap, caller, t_bridged, t_refer), AGENT_HZ), "caller did not hear the agent"
+        assert mostly(heard_between(cap, caller, t_moved, t_end), TARGET_HZ), "caller does not hear the target"
+        assert mostly(heard_between(cap, target, t_moved, t_end), CALLER_HZ), "the target does not hear the caller"
+
+        # One recording for the caller: channel 2 (what it heard) has the agent, then the target.
+        recordings = sorted((tmp_path / "recordings").glob("*.wav"))
+        assert len(recordings) == 1, recordings
+        audio, rate = sf.read(recordings[0], dtype="int16")
+        heard = [dominant(audio[i * rate:(i + 1) * rate, 1]) for i in range(len(audio) // rate)]
+        agent_s = [i for i, f in enumerate(heard) if abs(f - AGENT_HZ) < 15]
+        target_s = [i for i, f in enumerate(heard) if abs(f - TARGET_HZ) < 15]
+        assert len(agent_s) >= 2 and len(target_s) >= 2 and max(agent_s) < min(target_s), heard
+
+        wait_for(lambda: any(r.get("transfers") for r in _records(tmp_path)), 10, "no call record with a transfer")
+        record = next(r for r in _records(tmp_path) if r.get("transfers"))
+        (transfer,) = record["transfers"]
+        assert transfer["kind"] == "blind" and transfer["result"] == "transferred" and transfer["to"] == "1003"
+        assert transfer["by_extension"] == "1001" and transfer["route"] == "extension" and transfer["sip_code"] == 200
+        roles = {leg["id"]: leg for leg in record["legs"]}
+        assert transfer["target_leg"] in roles and transfer["by_leg"] in roles  # all three legs in one call
+        assert roles[transfer["by_leg"]]["end_reason"] == "transferred"
+        assert record["recordings"] == [str(recordings[0])] or len(record["recordings"]) == 1
