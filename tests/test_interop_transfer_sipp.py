@@ -19,6 +19,7 @@ import pytest
 import soundfile as sf
 
 from tests.support import softphone
+from tests.support.capture import LoopbackCapture
 from tests.support.interop import (AGENT_HZ, CALLER_HZ, demo_server, dominant, heard_between, mostly, phones,
                                    rtp_capture, tone_wav)
 from tests.support.waiting import wait_for
@@ -95,3 +96,57 @@ def test_blind_transfer_to_an_extension_moves_the_caller_with_its_recording_and_
         assert transfer["target_leg"] in roles and transfer["by_leg"] in roles  # all three legs in one call
         assert roles[transfer["by_leg"]]["end_reason"] == "transferred"
         assert record["recordings"] == [str(recordings[0])] or len(record["recordings"]) == 1
+
+
+def _sip_and_rtp_capture(tmp_path, server, *phones_):
+    """RTP to the phones and every SIP message to or from softswitch, on one capture."""
+    ranges = " or ".join(f"udp dst portrange {p.rtp_port}-{p.rtp_port + 19}" for p in phones_)
+    return LoopbackCapture(f"({ranges}) or udp port {server.sip_port}", tmp_path / "sip-rtp.pcap")
+
+
+def _sip_from_server(cap, server):
+    return [p.payload.decode("utf-8", "replace") for p in cap.packets() if p.src[1] == server.sip_port]
+
+
+def _cseq_method(message):
+    for line in message.split("\r\n"):
+        if line.lower().startswith("cseq:"):
+            return line.split()[-1]
+    return ""
+
+
+def test_a_refused_and_a_failed_transfer_leave_the_call_as_it_was(tmp_path):
+    with demo_server(tmp_path) as server, \
+            phones(tmp_path, {"name": "caller", "user": "5551234"}, {"name": "agent", "auto_answer": True}) as (caller, agent):
+        cap = _sip_and_rtp_capture(tmp_path, server, caller, agent)
+        with cap:
+            # In the menu the caller is bridged to nobody: its REFER is refused (403), the call goes on.
+            call, agent_call = _bridge_caller_to_agent(
+                server, caller, agent, tmp_path,
+                before_1=lambda c: caller.transfer(c, f"sip:1003@127.0.0.1:{server.sip_port}"))
+            time.sleep(2.0)
+            # Bridged, the agent transfers to a number no extension, flow or trunk takes: NOTIFY 404.
+            agent.transfer(agent_call, f"sip:999@127.0.0.1:{server.sip_port}")
+            wait_for(lambda: any(m.startswith("NOTIFY ") and "SIP/2.0 404" in m for m in _sip_from_server(cap, server)),
+                     10, "a NOTIFY with a 404 sipfrag")
+            if agent.call_status(agent_call) == "LinphoneCallPaused":
+                agent.resume(agent_call)  # a phone that held the caller for the transfer takes it back
+            time.sleep(2.0)
+            t0 = time.time()
+            time.sleep(2.5)
+            t1 = time.time()
+            assert caller.call_status(call) == "LinphoneCallStreamsRunning"
+            caller.terminate(call)
+            agent.wait_event("LinphoneCallEnd", agent_call, 10)
+
+        sent = _sip_from_server(cap, server)
+        refer_answers = [m.split("\r\n", 1)[0] for m in sent if m.startswith("SIP/2.0") and _cseq_method(m) == "REFER"]
+        assert refer_answers[:2] == ["SIP/2.0 403 Forbidden", "SIP/2.0 202 Accepted"], refer_answers
+        notify_bodies = [m.split("\r\n\r\n", 1)[1].strip() for m in sent if m.startswith("NOTIFY ")]
+        assert notify_bodies[0].startswith("SIP/2.0 100") and notify_bodies[-1].startswith("SIP/2.0 404"), notify_bodies
+        assert any("Subscription-State: terminated" in m for m in sent if m.startswith("NOTIFY "))
+        # The call as it was: bridged, audio both ways.
+        assert mostly(heard_between(cap, caller, t0, t1), AGENT_HZ), "after the failed transfer: caller hears no agent"
+        assert mostly(heard_between(cap, agent, t0, t1), CALLER_HZ), "after the failed transfer: agent hears no caller"
+        (record,) = _records(tmp_path)
+        assert [(t["result"], t["sip_code"], t["to"]) for t in record["transfers"]] == [("failed", 404, "999")]
