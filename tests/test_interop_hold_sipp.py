@@ -121,3 +121,57 @@ def test_hold_and_resume_by_the_agent_and_by_the_caller_keep_the_bridge(tmp_path
         caller_channel = audio[:, 0]
         loud = [dominant(caller_channel[i * rate:(i + 1) * rate]) for i in range(int(seconds))]
         assert np.mean([abs(f - CALLER_HZ) < 15 for f in loud[2:-2]]) > 0.6, loud
+
+
+PAYLOAD_TYPES = {"PCMA": 8, "G722": 9}
+
+
+def _payload_types_to(cap, phone, t0, t1):
+    types = set()
+    for packet in cap.packets():
+        if phone.rtp_port <= packet.dst[1] < phone.rtp_port + 20 and t0 <= packet.ts <= t1 and len(packet.payload) > 12:
+            types.add(packet.payload[1] & 0x7F)
+    return types
+
+
+def test_a_codec_change_mid_bridge_keeps_audio_and_recording(tmp_path):
+    """The agent's phone renegotiates PCMU -> PCMA, then -> G.722, with re-INVITEs (resume after
+    changing its codec list): the bridge and the call recording carry on with each codec."""
+    with demo_server(tmp_path) as server, \
+            phones(tmp_path, {"name": "caller", "user": "5551234"},
+                   {"name": "agent", "auto_answer": True,
+                    "settings": {"audio_codec_6": {"mime": "G722", "rate": "8000", "channels": "1",
+                                                   "enabled": "1"}}}) as (caller, agent):
+        cap = rtp_capture(tmp_path, caller, agent)
+        with cap:
+            call, agent_call = _connect(server, caller, agent, tmp_path)
+            time.sleep(3.0)
+            marks = {}
+            for codec in ("PCMA", "G722"):
+                agent.ok("audio-codec-disable ALL")
+                agent.ok(f"audio-codec-enable {PAYLOAD_TYPES[codec]}")
+                mark = agent.mark()
+                agent.pause(agent_call)
+                agent.wait_event("LinphoneCallPaused", agent_call, 10, since=mark)
+                mark = agent.mark()
+                agent.resume(agent_call)  # the resume re-INVITE offers only `codec`
+                agent.wait_event("LinphoneCallStreamsRunning", agent_call, 10, since=mark)
+                time.sleep(1.0)
+                t0 = time.time()
+                time.sleep(3.0)
+                marks[codec] = (t0, time.time())
+            caller.terminate(call)
+            time.sleep(1.0)
+
+        t0, t1 = marks["PCMA"]
+        assert _payload_types_to(cap, agent, t0, t1) == {8}, _payload_types_to(cap, agent, t0, t1)
+        assert mostly(heard_between(cap, agent, t0, t1), CALLER_HZ), "agent hears no caller over PCMA"
+        assert mostly(heard_between(cap, caller, t0, t1), AGENT_HZ), "caller hears no agent after PCMA"
+        t0, t1 = marks["G722"]
+        assert _payload_types_to(cap, agent, t0, t1) == {9}, _payload_types_to(cap, agent, t0, t1)
+        assert mostly(heard_between(cap, caller, t0, t1), AGENT_HZ), "caller hears no agent after G.722"
+        # The recording heard the agent under each codec (G.722 is decoded by softswitch).
+        audio, rate = sf.read(sorted((tmp_path / "recordings").glob("*.wav"))[0], dtype="int16")
+        from tests.support.interop import dominant
+        heard = [dominant(audio[i * rate:(i + 1) * rate, 1]) for i in range(len(audio) // rate)]
+        assert sum(abs(f - AGENT_HZ) < 15 for f in heard[-5:]) >= 3, heard
