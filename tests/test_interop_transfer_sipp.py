@@ -20,6 +20,7 @@ import soundfile as sf
 
 from tests.support import softphone
 from tests.support.capture import LoopbackCapture
+from tests.support.server import REPO, ServerProcess, write_test_config
 from tests.support.interop import (AGENT_HZ, CALLER_HZ, demo_server, dominant, heard_between, mostly, phones,
                                    rtp_capture, tone_wav)
 from tests.support.waiting import wait_for
@@ -28,6 +29,8 @@ pytestmark = [pytest.mark.sipp, pytest.mark.interop,
               pytest.mark.skipif(not softphone.available(), reason="linphone-daemon not installed")]
 
 TARGET_HZ = 1500  # what the transfer target's phone (extension 1003) sends
+PROVIDER_HZ = 1800  # what the phone behind the trunk's provider connection sends
+FLOW = REPO / "tests" / "fixtures" / "flows" / "transfer.yaml"
 
 
 def _bridge_caller_to_agent(server, caller, agent, tmp_path, *, before_1=None):
@@ -150,3 +153,114 @@ def test_a_refused_and_a_failed_transfer_leave_the_call_as_it_was(tmp_path):
         assert mostly(heard_between(cap, agent, t0, t1), CALLER_HZ), "after the failed transfer: agent hears no caller"
         (record,) = _records(tmp_path)
         assert [(t["result"], t["sip_code"], t["to"]) for t in record["transfers"]] == [("failed", 404, "999")]
+
+
+def _flow_server(tmp_path, provider_port=None):
+    """softswitch with the transfer test flow: trunk callers ring agent 1001 straight away; an
+    agent's own calls (and transfers to numbers) run the extensions trigger (777 rings 1003)."""
+    sections = {"flows": [str(FLOW)], "records": {"call_records": str(tmp_path / "calls.jsonl"), "queue_events": None}}
+    if provider_port:
+        sections["connections"] = {"provider": {"sip_server": "127.0.0.1", "port": provider_port}}
+        sections["trunks"] = {"trunk_main": {"address": "127.0.0.1", "port": 0, "connection": "provider"}}
+    return ServerProcess(write_test_config(tmp_path, **sections)).start()
+
+
+def _caller_to_agent(server, caller, agent, tmp_path):
+    call = caller.call(f"sip:100@127.0.0.1:{server.sip_port}")
+    caller.wait_event("LinphoneCallStreamsRunning", call, 15)
+    caller.keep_playing(tone_wav(tmp_path / "caller.wav", CALLER_HZ), call)
+    agent_call = agent.wait_event("LinphoneCallStreamsRunning", timeout=15).call_id
+    agent.keep_playing(tone_wav(tmp_path / "agent.wav", AGENT_HZ), agent_call)
+    return call, agent_call
+
+
+def test_attended_transfer_joins_the_caller_to_the_consulted_extension(tmp_path):
+    server = _flow_server(tmp_path)
+    try:
+        with phones(tmp_path, {"name": "caller", "user": "5551234"}, {"name": "agent", "auto_answer": True},
+                    {"name": "target", "auto_answer": True}) as (caller, agent, target):
+            agent.wait_registered(agent.register("1001", "pass1001", f"127.0.0.1:{server.sip_port}"), 10)
+            target.wait_registered(target.register("1003", "pass1003", f"127.0.0.1:{server.sip_port}"), 10)
+            cap = rtp_capture(tmp_path, caller, agent, target)
+            with cap:
+                call, agent_call = _caller_to_agent(server, caller, agent, tmp_path)
+                time.sleep(1.0)
+                # The agent consults 1003 with a second call (liblinphone holds the first one).
+                mark = agent.mark()
+                consult = agent.call(f"sip:1003@127.0.0.1:{server.sip_port}")
+                target_call = target.wait_event("LinphoneCallStreamsRunning", timeout=15).call_id
+                target.keep_playing(tone_wav(tmp_path / "target.wav", TARGET_HZ), target_call)
+                agent.wait_event("LinphoneCallStreamsRunning", consult, 15, since=mark)
+                time.sleep(1.0)
+                agent.transfer(agent_call, consult)  # REFER on call 1, Replaces naming call 2
+                agent.wait_event("LinphoneCallEnd", agent_call, 10)
+                agent.wait_event("LinphoneCallEnd", consult, 10)
+                time.sleep(1.5)
+                t0 = time.time()
+                time.sleep(2.5)
+                t1 = time.time()
+                assert target.call_status(target_call) == "LinphoneCallStreamsRunning"  # no new INVITE
+                target.terminate(target_call)
+                caller.wait_event("LinphoneCallEnd", call, 10)  # the caller goes with the target
+
+            assert mostly(heard_between(cap, caller, t0, t1), TARGET_HZ), "the caller does not hear the target"
+            assert mostly(heard_between(cap, target, t0, t1), CALLER_HZ), "the target does not hear the caller"
+            wait_for(lambda: any(r.get("transfers") for r in _records(tmp_path)), 10, "a record with the transfer")
+            record = next(r for r in _records(tmp_path) if r.get("transfers"))
+            (transfer,) = record["transfers"]
+            assert (transfer["kind"], transfer["result"], transfer["route"]) == ("attended", "transferred", "replaces")
+            assert transfer["target_leg"] in {leg["id"] for leg in record["legs"]}  # moved into the caller's call
+    finally:
+        server.stop()
+        (tmp_path / "server.log").write_text("".join(server.output))
+
+
+def test_blind_transfer_to_a_number_a_flow_handles_and_to_a_number_through_the_trunk(tmp_path):
+    with phones(tmp_path, {"name": "caller", "user": "5551234"}, {"name": "agent", "auto_answer": True},
+                {"name": "target", "auto_answer": True}, {"name": "provider", "auto_answer": True}) as \
+            (caller, agent, target, provider):
+        server = _flow_server(tmp_path, provider_port=provider.sip_port)
+        try:
+            agent.wait_registered(agent.register("1001", "pass1001", f"127.0.0.1:{server.sip_port}"), 10)
+            target.wait_registered(target.register("1003", "pass1003", f"127.0.0.1:{server.sip_port}"), 10)
+            cap = rtp_capture(tmp_path, caller, target, provider)
+            with cap:
+                # 777 is no extension: the agents' extensions trigger takes it (and rings 1003).
+                call, agent_call = _caller_to_agent(server, caller, agent, tmp_path)
+                time.sleep(1.0)
+                agent.transfer(agent_call, f"sip:777@127.0.0.1:{server.sip_port}")
+                target_call = target.wait_event("LinphoneCallStreamsRunning", timeout=15).call_id
+                target.keep_playing(tone_wav(tmp_path / "target.wav", TARGET_HZ), target_call)
+                agent.wait_event("LinphoneCallEnd", agent_call, 10)
+                time.sleep(1.5)
+                t0 = time.time()
+                time.sleep(2.0)
+                t1 = time.time()
+                caller.terminate(call)
+                target.wait_event("LinphoneCallEnd", target_call, 10)
+
+                # An outside number: through the caller's own trunk, to the provider's phone.
+                mark = agent.mark()
+                call, agent_call = _caller_to_agent(server, caller, agent, tmp_path)
+                agent.wait_event("LinphoneCallStreamsRunning", agent_call, 10, since=mark)
+                time.sleep(1.0)
+                agent.transfer(agent_call, f"sip:0301234567@127.0.0.1:{server.sip_port}")
+                provider_call = provider.wait_event("LinphoneCallStreamsRunning", timeout=15).call_id
+                provider.keep_playing(tone_wav(tmp_path / "provider.wav", PROVIDER_HZ), provider_call)
+                time.sleep(1.5)
+                t2 = time.time()
+                time.sleep(2.0)
+                t3 = time.time()
+                caller.terminate(call)
+                provider.wait_event("LinphoneCallEnd", provider_call, 10)
+
+            assert mostly(heard_between(cap, caller, t0, t1), TARGET_HZ), "flow transfer: caller does not hear 1003"
+            assert mostly(heard_between(cap, target, t0, t1), CALLER_HZ), "flow transfer: 1003 does not hear the caller"
+            assert mostly(heard_between(cap, caller, t2, t3), PROVIDER_HZ), "trunk transfer: caller does not hear it"
+            assert mostly(heard_between(cap, provider, t2, t3), CALLER_HZ), "trunk transfer: far end hears no caller"
+            wait_for(lambda: len([r for r in _records(tmp_path) if r.get("transfers")]) == 2, 10, "two transfer records")
+            routes = [(t["route"], t["to"], t["result"]) for r in _records(tmp_path) for t in r.get("transfers", ())]
+            assert routes == [("flow", "777", "transferred"), ("trunk", "0301234567", "transferred")], routes
+        finally:
+            server.stop()
+            (tmp_path / "server.log").write_text("".join(server.output))
