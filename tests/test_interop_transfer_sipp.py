@@ -155,13 +155,17 @@ def test_a_refused_and_a_failed_transfer_leave_the_call_as_it_was(tmp_path):
         assert [(t["result"], t["sip_code"], t["to"]) for t in record["transfers"]] == [("failed", 404, "999")]
 
 
-def _flow_server(tmp_path, provider_port=None):
+def _flow_server(tmp_path, caller, provider=None):
     """softswitch with the transfer test flow: trunk callers ring agent 1001 straight away; an
-    agent's own calls (and transfers to numbers) run the extensions trigger (777 rings 1003)."""
-    sections = {"flows": [str(FLOW)], "records": {"call_records": str(tmp_path / "calls.jsonl"), "queue_events": None}}
-    if provider_port:
-        sections["connections"] = {"provider": {"sip_server": "127.0.0.1", "port": provider_port}}
-        sections["trunks"] = {"trunk_main": {"address": "127.0.0.1", "port": 0, "connection": "provider"}}
+    agent's own calls (and transfers to numbers) run the extensions trigger (777 rings 1003).
+    The trunk is the caller phone's address and port (every phone is on 127.0.0.1), and dials
+    out to the provider phone when there is one."""
+    trunk = {"address": "127.0.0.1", "port": caller.sip_port}
+    sections = {"flows": [str(FLOW)], "records": {"call_records": str(tmp_path / "calls.jsonl"), "queue_events": None},
+                "trunks": {"trunk_main": trunk}}
+    if provider is not None:
+        sections["connections"] = {"provider": {"sip_server": "127.0.0.1", "port": provider.sip_port}}
+        trunk["connection"] = "provider"
     return ServerProcess(write_test_config(tmp_path, **sections)).start()
 
 
@@ -175,10 +179,10 @@ def _caller_to_agent(server, caller, agent, tmp_path):
 
 
 def test_attended_transfer_joins_the_caller_to_the_consulted_extension(tmp_path):
-    server = _flow_server(tmp_path)
-    try:
-        with phones(tmp_path, {"name": "caller", "user": "5551234"}, {"name": "agent", "auto_answer": True},
-                    {"name": "target", "auto_answer": True}) as (caller, agent, target):
+    with phones(tmp_path, {"name": "caller", "user": "5551234"}, {"name": "agent", "auto_answer": True},
+                {"name": "target", "auto_answer": True}) as (caller, agent, target):
+        server = _flow_server(tmp_path, caller)
+        try:
             agent.wait_registered(agent.register("1001", "pass1001", f"127.0.0.1:{server.sip_port}"), 10)
             target.wait_registered(target.register("1003", "pass1003", f"127.0.0.1:{server.sip_port}"), 10)
             cap = rtp_capture(tmp_path, caller, agent, target)
@@ -210,16 +214,16 @@ def test_attended_transfer_joins_the_caller_to_the_consulted_extension(tmp_path)
             (transfer,) = record["transfers"]
             assert (transfer["kind"], transfer["result"], transfer["route"]) == ("attended", "transferred", "replaces")
             assert transfer["target_leg"] in {leg["id"] for leg in record["legs"]}  # moved into the caller's call
-    finally:
-        server.stop()
-        (tmp_path / "server.log").write_text("".join(server.output))
+        finally:
+            server.stop()
+            (tmp_path / "server.log").write_text("".join(server.output))
 
 
 def test_blind_transfer_to_a_number_a_flow_handles_and_to_a_number_through_the_trunk(tmp_path):
     with phones(tmp_path, {"name": "caller", "user": "5551234"}, {"name": "agent", "auto_answer": True},
                 {"name": "target", "auto_answer": True}, {"name": "provider", "auto_answer": True}) as \
             (caller, agent, target, provider):
-        server = _flow_server(tmp_path, provider_port=provider.sip_port)
+        server = _flow_server(tmp_path, caller, provider)
         try:
             agent.wait_registered(agent.register("1001", "pass1001", f"127.0.0.1:{server.sip_port}"), 10)
             target.wait_registered(target.register("1003", "pass1003", f"127.0.0.1:{server.sip_port}"), 10)
