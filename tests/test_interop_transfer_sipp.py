@@ -170,10 +170,11 @@ def _flow_server(tmp_path, caller, provider=None):
 
 
 def _caller_to_agent(server, caller, agent, tmp_path):
+    mark = agent.mark()
     call = caller.call(f"sip:100@127.0.0.1:{server.sip_port}")
     caller.wait_event("LinphoneCallStreamsRunning", call, 15)
     caller.keep_playing(tone_wav(tmp_path / "caller.wav", CALLER_HZ), call)
-    agent_call = agent.wait_event("LinphoneCallStreamsRunning", timeout=15).call_id
+    agent_call = agent.wait_event("LinphoneCallStreamsRunning", timeout=15, since=mark).call_id
     agent.keep_playing(tone_wav(tmp_path / "agent.wav", AGENT_HZ), agent_call)
     return call, agent_call
 
@@ -219,15 +220,14 @@ def test_attended_transfer_joins_the_caller_to_the_consulted_extension(tmp_path)
             (tmp_path / "server.log").write_text("".join(server.output))
 
 
-def test_blind_transfer_to_a_number_a_flow_handles_and_to_a_number_through_the_trunk(tmp_path):
+def test_blind_transfer_to_a_number_the_agents_flow_handles(tmp_path):
     with phones(tmp_path, {"name": "caller", "user": "5551234"}, {"name": "agent", "auto_answer": True},
-                {"name": "target", "auto_answer": True}, {"name": "provider", "auto_answer": True}) as \
-            (caller, agent, target, provider):
-        server = _flow_server(tmp_path, caller, provider)
+                {"name": "target", "auto_answer": True}) as (caller, agent, target):
+        server = _flow_server(tmp_path, caller)
         try:
             agent.wait_registered(agent.register("1001", "pass1001", f"127.0.0.1:{server.sip_port}"), 10)
             target.wait_registered(target.register("1003", "pass1003", f"127.0.0.1:{server.sip_port}"), 10)
-            cap = rtp_capture(tmp_path, caller, target, provider)
+            cap = rtp_capture(tmp_path, caller, target)
             with cap:
                 # 777 is no extension: the agents' extensions trigger takes it (and rings 1003).
                 call, agent_call = _caller_to_agent(server, caller, agent, tmp_path)
@@ -243,28 +243,51 @@ def test_blind_transfer_to_a_number_a_flow_handles_and_to_a_number_through_the_t
                 caller.terminate(call)
                 target.wait_event("LinphoneCallEnd", target_call, 10)
 
-                # An outside number: through the caller's own trunk, to the provider's phone.
-                mark = agent.mark()
-                call, agent_call = _caller_to_agent(server, caller, agent, tmp_path)
-                agent.wait_event("LinphoneCallStreamsRunning", agent_call, 10, since=mark)
+            assert mostly(heard_between(cap, caller, t0, t1), TARGET_HZ), "caller does not hear 1003"
+            assert mostly(heard_between(cap, target, t0, t1), CALLER_HZ), "1003 does not hear the caller"
+            wait_for(lambda: any(r.get("transfers") for r in _records(tmp_path)), 10, "a record with the transfer")
+            transfers = [t for r in _records(tmp_path) for t in r.get("transfers", ())]
+            assert [(t["route"], t["to"], t["result"]) for t in transfers] == [("flow", "777", "transferred")]
+        finally:
+            server.stop()
+            (tmp_path / "server.log").write_text("".join(server.output))
+
+
+def test_blind_transfer_to_an_outside_number_goes_through_the_callers_trunk(tmp_path):
+    """The demo (no flow takes the agents' own calls): a number that is no extension is dialled
+    through the trunk the caller came in on, here to a phone standing in for the provider."""
+    with phones(tmp_path, {"name": "caller", "user": "5551234"}, {"name": "agent", "auto_answer": True},
+                {"name": "provider", "auto_answer": True}) as (caller, agent, provider):
+        config = write_test_config(
+            tmp_path, flows=[str(REPO / "flows" / "full-demo.yaml")],
+            records={"call_records": str(tmp_path / "calls.jsonl"), "queue_events": None},
+            connections={"provider": {"sip_server": "127.0.0.1", "port": provider.sip_port}},
+            trunks={"trunk_main": {"address": "127.0.0.1", "port": caller.sip_port, "connection": "provider"}})
+        server = ServerProcess(config).start()
+        try:
+            cap = rtp_capture(tmp_path, caller, provider)
+            with cap:
+                call, agent_call = _bridge_caller_to_agent(server, caller, agent, tmp_path)
                 time.sleep(1.0)
                 agent.transfer(agent_call, f"sip:0301234567@127.0.0.1:{server.sip_port}")
                 provider_call = provider.wait_event("LinphoneCallStreamsRunning", timeout=15).call_id
                 provider.keep_playing(tone_wav(tmp_path / "provider.wav", PROVIDER_HZ), provider_call)
+                agent.wait_event("LinphoneCallEnd", agent_call, 10)
                 time.sleep(1.5)
-                t2 = time.time()
+                t0 = time.time()
                 time.sleep(2.0)
-                t3 = time.time()
-                caller.terminate(call)
-                provider.wait_event("LinphoneCallEnd", provider_call, 10)
+                t1 = time.time()
+                provider.terminate(provider_call)
+                caller.wait_event("LinphoneCallEnd", call, 10)  # the caller goes with the far end
 
-            assert mostly(heard_between(cap, caller, t0, t1), TARGET_HZ), "flow transfer: caller does not hear 1003"
-            assert mostly(heard_between(cap, target, t0, t1), CALLER_HZ), "flow transfer: 1003 does not hear the caller"
-            assert mostly(heard_between(cap, caller, t2, t3), PROVIDER_HZ), "trunk transfer: caller does not hear it"
-            assert mostly(heard_between(cap, provider, t2, t3), CALLER_HZ), "trunk transfer: far end hears no caller"
-            wait_for(lambda: len([r for r in _records(tmp_path) if r.get("transfers")]) == 2, 10, "two transfer records")
-            routes = [(t["route"], t["to"], t["result"]) for r in _records(tmp_path) for t in r.get("transfers", ())]
-            assert routes == [("flow", "777", "transferred"), ("trunk", "0301234567", "transferred")], routes
+            assert mostly(heard_between(cap, caller, t0, t1), PROVIDER_HZ), "caller does not hear the far end"
+            assert mostly(heard_between(cap, provider, t0, t1), CALLER_HZ), "the far end does not hear the caller"
+            wait_for(lambda: any(r.get("transfers") for r in _records(tmp_path)), 10, "a record with the transfer")
+            record = next(r for r in _records(tmp_path) if r.get("transfers"))
+            (transfer,) = record["transfers"]
+            assert (transfer["route"], transfer["to"], transfer["result"]) == ("trunk", "0301234567", "transferred")
+            far = next(leg for leg in record["legs"] if leg["id"] == transfer["target_leg"])
+            assert far["via"] == {"kind": "trunk", "ref": "trunk_main"}
         finally:
             server.stop()
             (tmp_path / "server.log").write_text("".join(server.output))
