@@ -53,6 +53,8 @@ def parse_refer_to(value: str) -> tuple[str, str, Replaces | None]:
     uri, _, headers = text.partition("?")
     m = _USER.match(uri.strip())
     user = unquote(m.group("user")) if m else ""
+    if m and not uri.lower().startswith("tel:") and "@" not in uri:
+        user = ""  # sip:host names no user: nothing softswitch can route
     replaces = None
     for header in headers.split("&") if headers else ():
         name, _, raw = header.partition("=")
