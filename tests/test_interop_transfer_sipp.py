@@ -120,8 +120,10 @@ def _cseq_method(message):
 
 def test_a_refused_and_a_failed_transfer_leave_the_call_as_it_was(tmp_path):
     with demo_server(tmp_path) as server, \
-            phones(tmp_path, {"name": "caller", "user": "5551234"}, {"name": "agent", "auto_answer": True}) as (caller, agent):
-        cap = _sip_and_rtp_capture(tmp_path, server, caller, agent)
+            phones(tmp_path, {"name": "caller", "user": "5551234"}, {"name": "agent", "auto_answer": True},
+                   {"name": "target", "auto_answer": True}) as (caller, agent, target):
+        target.wait_registered(target.register("1003", "pass1003", f"127.0.0.1:{server.sip_port}"), 10)
+        cap = _sip_and_rtp_capture(tmp_path, server, caller, agent, target)
         with cap:
             # In the menu the caller is bridged to nobody: its REFER is refused (403), the call goes on.
             call, agent_call = _bridge_caller_to_agent(
@@ -139,20 +141,33 @@ def test_a_refused_and_a_failed_transfer_leave_the_call_as_it_was(tmp_path):
             time.sleep(2.5)
             t1 = time.time()
             assert caller.call_status(call) == "LinphoneCallStreamsRunning"
-            caller.terminate(call)
+            # The agent tries again, to 1003: this one works.
+            agent.transfer(agent_call, f"sip:1003@127.0.0.1:{server.sip_port}")
+            target_call = target.wait_event("LinphoneCallStreamsRunning", timeout=15).call_id
+            target.keep_playing(tone_wav(tmp_path / "target.wav", TARGET_HZ), target_call)
             agent.wait_event("LinphoneCallEnd", agent_call, 10)
+            time.sleep(1.5)
+            t2 = time.time()
+            time.sleep(2.0)
+            t3 = time.time()
+            caller.terminate(call)
+            target.wait_event("LinphoneCallEnd", target_call, 10)
 
         sent = _sip_from_server(cap, server)
         refer_answers = [m.split("\r\n", 1)[0] for m in sent if m.startswith("SIP/2.0") and _cseq_method(m) == "REFER"]
-        assert refer_answers[:2] == ["SIP/2.0 403 Forbidden", "SIP/2.0 202 Accepted"], refer_answers
-        notify_bodies = [m.split("\r\n\r\n", 1)[1].strip() for m in sent if m.startswith("NOTIFY ")]
-        assert notify_bodies[0].startswith("SIP/2.0 100") and notify_bodies[-1].startswith("SIP/2.0 404"), notify_bodies
-        assert any("Subscription-State: terminated" in m for m in sent if m.startswith("NOTIFY "))
+        assert refer_answers == ["SIP/2.0 403 Forbidden", "SIP/2.0 202 Accepted", "SIP/2.0 202 Accepted"], refer_answers
+        notifies = [m for m in sent if m.startswith("NOTIFY ")]
+        bodies = [m.split("\r\n\r\n", 1)[1].strip().split("\r\n")[0] for m in notifies]
+        final = [b for b, m in zip(bodies, notifies) if "Subscription-State: terminated" in m]
+        assert bodies[0] == "SIP/2.0 100 Trying" and final == ["SIP/2.0 404 Not Found", "SIP/2.0 200 OK"], bodies
         # The call as it was: bridged, audio both ways.
         assert mostly(heard_between(cap, caller, t0, t1), AGENT_HZ), "after the failed transfer: caller hears no agent"
         assert mostly(heard_between(cap, agent, t0, t1), CALLER_HZ), "after the failed transfer: agent hears no caller"
+        assert mostly(heard_between(cap, caller, t2, t3), TARGET_HZ), "after the second transfer: no target"
+        wait_for(lambda: len(_records(tmp_path)) == 1, 10, "the call record")
         (record,) = _records(tmp_path)
-        assert [(t["result"], t["sip_code"], t["to"]) for t in record["transfers"]] == [("failed", 404, "999")]
+        assert [(t["result"], t["sip_code"], t["to"]) for t in record["transfers"]] == [
+            ("failed", 404, "999"), ("transferred", 200, "1003")]
 
 
 def _flow_server(tmp_path, caller, provider=None):

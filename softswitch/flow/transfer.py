@@ -96,6 +96,8 @@ class FlowTransfers:
     def __init__(self, engine: "FlowEngine") -> None:
         self.engine = engine
         self.live: dict[str, Transfer] = {}  # agent leg id -> its transfer in progress
+        # Pairs hung up together (after a transfer): frozenset of two leg ids -> unsubscribe
+        self.pairs: dict[frozenset[str], Callable[[], None]] = {}
 
     # ---- the REFER (inside pjsip's transaction: decide, then work on the next loop turn) ----
     def on_transfer(self, leg: "Leg", request: TransferRequested, referral: Referral) -> int:
@@ -127,6 +129,7 @@ class FlowTransfers:
             return
         # The agent may hang up once it has the 202: the caller must not go with it.
         self.engine.abandon_waits([t.caller, t.agent], f"transfer {t.id}")
+        self._unpair(t.caller, t.agent)  # a pair from an earlier transfer: this one decides now
         t.cleanups.append(t.caller.leg.subscribe(lambda e: self._caller_event(t, e)))
         if t.kind is TransferKind.ATTENDED:
             self._attended(t, request)
@@ -248,6 +251,7 @@ class FlowTransfers:
 
     # ---- outcomes ----------------------------------------------------------------------------
     def _join(self, t: Transfer, target: "FlowLeg", leaving: list["FlowLeg"]) -> None:
+        self._unpair(target)
         self.engine.bridges.bridge(t.caller, target)
         self._pair(t.caller, target)
         self._finish(t, TransferResult.TRANSFERRED, 200, None)
@@ -297,11 +301,26 @@ class FlowTransfers:
     # ---- helpers -----------------------------------------------------------------------------
     def _pair(self, a: "FlowLeg", b: "FlowLeg") -> None:
         """Whoever of the two hangs up first, the other is hung up too."""
+        key = frozenset((a.id, b.id))
+
         def on_event(other: "FlowLeg", event: LegEvent) -> None:
-            if isinstance(event, LegEnded) and not other.leg.ended:
-                other.leg.hangup(200, "transfer_peer_ended")
-        a.leg.subscribe(lambda e: on_event(b, e))
-        b.leg.subscribe(lambda e: on_event(a, e))
+            if isinstance(event, LegEnded):
+                self._unpair_key(key)
+                if not other.leg.ended:
+                    other.leg.hangup(200, "transfer_peer_ended")
+
+        self._unpair_key(key)
+        offs = [a.leg.subscribe(lambda e: on_event(b, e)), b.leg.subscribe(lambda e: on_event(a, e))]
+        self.pairs[key] = lambda: [off() for off in offs]
+
+    def _unpair(self, *legs: "FlowLeg") -> None:
+        for key in [k for k in self.pairs if any(leg.id in k for leg in legs)]:
+            self._unpair_key(key)
+
+    def _unpair_key(self, key: frozenset[str]) -> None:
+        off = self.pairs.pop(key, None)
+        if off is not None:
+            off()
 
     def _extension_of(self, leg: "Leg") -> str | None:
         admission = getattr(leg, "admission", None)
