@@ -104,6 +104,11 @@ class FlowTransfers:
         engine = self.engine
         agent = engine.legs.get(leg.id)
         bridge = engine.bridges.of(leg.id)
+        extension = self._extension_of(leg)
+        if extension is None:
+            # Only agent phones transfer: a trunk's REFER must not make softswitch dial for it.
+            log.info("%s: REFER refused: the leg is no extension's (only agent phones transfer)", leg.id)
+            return REFUSED
         if agent is None or bridge is None:
             log.info("%s: REFER refused: the leg is not bridged", leg.id)
             return REFUSED
@@ -116,7 +121,7 @@ class FlowTransfers:
         kind = TransferKind.ATTENDED if request.replaces is not None else TransferKind.BLIND
         transfer = Transfer(engine.ua.ids.new("transfer"), kind, agent, caller,
                             request.target if kind is TransferKind.BLIND else "", referral,
-                            referred_by=request.referred_by, agent_extension=self._extension_of(leg),
+                            referred_by=request.referred_by, agent_extension=extension,
                             started=engine.ua.clock.now())
         self.live[leg.id] = transfer
         engine.ua.call_soon(self._start, transfer, request)
