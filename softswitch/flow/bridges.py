@@ -306,8 +306,8 @@ class Bridges:
                 del self._by_leg[leg.id]
         for unsubscribe in br.unsubscribes:
             unsubscribe()
-        for holder in list(br.hold_players):
-            self._stop_hold_music(br, holder)
+        for holder_id in list(br.hold_players):  # keyed by leg id
+            br.hold_players.pop(holder_id).close()
         br.holding.clear()
         self._split_audio(br)
         self.engine.tell(lambda o: o.unbridged(br.a.leg, br.b.leg))
