@@ -232,7 +232,11 @@ class Bridges:
         if setting.startswith("tone:"):
             from ..media.tones import TONE_PRESETS
             name = setting[5:].strip()
-            return self.engine.media_resource.tones.cycle_file(TONE_PRESETS.get(name, name))  # type: ignore[attr-defined]
+            try:
+                return self.engine.media_resource.tones.cycle_file(TONE_PRESETS.get(name, name))  # type: ignore[attr-defined]
+            except ValueError as exc:  # an unknown preset name
+                log.error("media.hold_music %r: %s; the held party hears nothing", setting, exc)
+                return None
         path = Path(setting)
         path = path if path.is_absolute() else self.engine.ua.config.directories.prompts / path
         return path if path.is_file() else None  # the default in a prompts folder without it
