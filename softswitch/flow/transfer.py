@@ -174,7 +174,8 @@ class FlowTransfers:
             self._fail(t, 404 if t.route is TransferRoute.TRUNK else 503, "dial_error")
             return
         t.dial = dial
-        t.ticket = dial.retention.acquire(f"transfer:{t.id}")
+        if not dial.finalized:  # (one whose attempt failed inside makeCall is over already)
+            t.ticket = dial.retention.acquire(f"transfer:{t.id}")
         engine.tell(lambda o: o.transfer_dial_started(t, dial))
         for attempt in list(dial.attempts.values()):
             t.cleanups.append(attempt.subscribe(lambda e: self._attempt_event(t, e)))
