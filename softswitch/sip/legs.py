@@ -61,6 +61,7 @@ class LegBase:
     ua: "UserAgent"
     status: LegStatus
     _listeners: list[Callable[[LegEvent], None]]
+    held = False  # the far end holds the call (SIP legs: see Leg._on_media_state; an AI leg never does)
 
     @property
     def answered(self) -> bool:
