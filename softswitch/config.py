@@ -244,7 +244,9 @@ class RegistrarConfig:
     max_expires: int = _setting(3600, lo=1, hi=86400)  # longer requests are shortened to this
     default_expires: int = _setting(600, lo=1, hi=86400)
     nonce_ttl_seconds: int = _setting(300, lo=10, hi=86400)
-    algorithms: list[DigestAlgorithm] = field(default_factory=lambda: ["MD5", "SHA-256"])  # challenge order
+    # Challenge order. MD5 only by default: Debian 12's baresip (libre 1.1) gives up on a 401 that
+    # also carries a SHA-256 challenge, in either order, and never registers (README "Digest").
+    algorithms: list[DigestAlgorithm] = field(default_factory=lambda: ["MD5"])
 
 
 @dataclass(frozen=True, kw_only=True)
