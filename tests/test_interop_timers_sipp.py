@@ -25,7 +25,7 @@ import soundfile as sf
 
 from tests.support import softphone
 from tests.support.audio import dominant_frequency, silence, tone, ulaw_decode
-from tests.support.callcentre import json_lines, pcap_of
+from tests.support.callcentre import json_lines
 from tests.support.capture import LoopbackCapture
 from tests.support.pcap import Packet, PT_PCMU, parse_rtp, write_rtp_pcap
 from tests.support.server import ServerProcess, write_test_config
