@@ -33,6 +33,7 @@ __all__ = [
     "Connection",
     "Directories",
     "ExtensionUser",
+    "KeepaliveConfig",
     "Limits",
     "LoggingConfig",
     "MediaConfig",
@@ -235,6 +236,20 @@ class Trunk:
     dtmf_methods: list[DtmfMethod] | None = None  # None: rfc2833 and info
 
 
+KeepaliveMethod = Literal["options", "crlf", "off"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeepaliveConfig:
+    """Keep-alives to registered phones, so that NAT mappings stay open and a phone that cannot
+    be reached any more is not rung. OPTIONS also detect an unreachable phone; CRLF only refresh."""
+
+    method: KeepaliveMethod = "options"
+    interval_seconds: int = _setting(30, lo=1, hi=3600)  # to each binding; NAT UDP mappings often last 30-60 s
+    nat_only: bool = True  # only bindings whose Contact is not where their REGISTER came from
+    max_failures: int = _setting(3, lo=0, hi=100)  # unanswered OPTIONS in a row: unreachable; 0: never
+
+
 @dataclass(frozen=True, kw_only=True)
 class RegistrarConfig:
     """How phones and dynamic trunks register to softswitch."""
@@ -245,6 +260,7 @@ class RegistrarConfig:
     default_expires: int = _setting(600, lo=1, hi=86400)
     nonce_ttl_seconds: int = _setting(300, lo=10, hi=86400)
     algorithms: list[DigestAlgorithm] = field(default_factory=lambda: ["MD5", "SHA-256"])  # challenge order
+    keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -598,6 +614,8 @@ class _Walker:
         except (yaml.YAMLError, ValueError) as e:  # ValueError: an integer of thousands of digits
             return self.error(node, key, f"unreadable value: {e}")
         choices = get_args(tp) if get_origin(tp) is Literal else ()
+        if choices and type(value) is bool and node.value in choices:
+            value = node.value  # YAML 1.1 reads a bare `off` (or `on`) as a boolean: the word was meant
         wanted = type(choices[0]) if choices else (str if tp is Path else tp)
         # bool is a subclass of int, and "5060" is not a number: compare exact types.
         if type(value) is not wanted and not (wanted is float and type(value) is int):

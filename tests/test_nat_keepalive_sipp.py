@@ -1,0 +1,84 @@
+"""Keep-alives to registered phones behind NAT, end to end on real SIP (SIPp phones).
+
+A phone whose Contact names another port than the one its REGISTER came from is behind NAT:
+softswitch sends it OPTIONS keep-alives at `registrar.keepalive.interval_seconds` to where its
+packets came from. A phone that stops answering them is unreachable after `max_failures` and
+queues do not ring it (the caller hears the offline announcement) until it answers again.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.support.callcentre import json_lines, pcap_of, queue_events
+from tests.support.actors import uac_until_bye
+from tests.support.capture import LoopbackCapture
+from tests.support.ports import free_port
+from tests.support.server import REPO
+from tests.support.sipp import Sipp
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.sipp
+
+STEP_1 = REPO / "flows" / "part-1-step-1-trunk-to-queue-basic.yaml"  # 2: Sales, queue_sales rings 1003
+
+
+def register_natted(server, user: str, source_port: int, contact_port: int) -> None:
+    """REGISTER from `source_port` with a Contact naming `contact_port` (nobody listens there)."""
+    sipp = Sipp("register_uac_contact", f"127.0.0.1:{server.sip_port}", local_port=source_port,
+                auth=(user, f"pass{user}"), calls=1, timeout_s=10,
+                variables={"user": user, "domain": "127.0.0.1", "expires": 3600, "contact_port": contact_port})
+    with sipp:
+        result = sipp.wait(15)
+    assert result.ok, str(result)
+
+
+def keepalive_counters(server) -> dict[str, float]:
+    samples = server.metrics()
+    prefix = 'softswitch_registrar_events_total{event="keepalive_'
+    return {k[len(prefix):-2]: v for k, v in samples.items() if k.startswith(prefix)}
+
+
+def sip_requests(cap: LoopbackCapture, port: int, method: bytes) -> list[float]:
+    """When each SIP request `method` captured towards `port` first arrived (retransmissions of
+    an unanswered one, same Call-ID, are left out)."""
+    first: dict[bytes, float] = {}
+    for p in cap.packets():
+        if p.dst_port == port and p.payload.startswith(method + b" "):
+            call_id = re.search(rb"\r\nCall-ID: *([^\r]+)", p.payload, re.I)
+            first.setdefault(call_id.group(1) if call_id else p.payload, p.ts)
+    return sorted(first.values())
+
+
+def test_a_natted_phone_gets_options_keepalives_and_once_it_stops_answering_is_not_rung(server_factory, tmp_path):
+    server = server_factory(flows=[str(STEP_1)], registrar={"keepalive": {"interval_seconds": 1, "max_failures": 2}},
+                            records={"call_records": str(tmp_path / "calls.jsonl")},
+                            metrics={"http_listen": f"127.0.0.1:{free_port('tcp')}"})
+    source, contact = free_port("both"), free_port("both")
+    with LoopbackCapture(f"udp and dst port {source}", tmp_path / "phone.pcap") as cap:
+        register_natted(server, "1003", source, contact)
+        # The phone answers three keep-alives on the port it registered from, then goes away.
+        with Sipp("uas_answer_options", local_port=source, calls=3, timeout_s=15) as phone:
+            answered = phone.wait(20)
+        assert answered.ok, str(answered)
+        wait_for(lambda: keepalive_counters(server).get("became_unreachable", 0) >= 1, 10,
+                 "the phone to be marked unreachable after two unanswered keep-alives")
+        # A caller asks for Sales: the queue's only agent is unreachable, so it is offline.
+        caller = uac_until_bye(f"127.0.0.1:{server.sip_port}", pcap_of(tmp_path, "caller", 440, 12, [("2", 1.0, 200)]),
+                               caller="5551234", bye_timeout_ms=25000, timeout_s=35)
+        with caller:
+            called = caller.wait(35)
+    assert called.ok, str(called)
+    assert [b for b, _ in queue_events(server)] == ["Offline"]
+    (record,) = json_lines(tmp_path / "calls.jsonl")
+    assert record["queue"]["outcome"] == "offline" and [leg["role"] for leg in record["legs"]] == ["caller"]
+    # What reached the phone's port: keep-alives about a second apart, never an INVITE.
+    options = sip_requests(cap, source, b"OPTIONS")
+    gaps = [b - a for a, b in zip(options, options[1:])]
+    assert len(options) >= 5 and all(0.75 <= g <= 2.0 for g in gaps), gaps
+    assert not sip_requests(cap, source, b"INVITE")
+    counters = keepalive_counters(server)
+    assert counters["options_answered"] >= 3 and counters["options_failed"] >= 2, counters
+    assert counters["became_unreachable"] == 1, counters
