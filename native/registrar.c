@@ -836,6 +836,16 @@ static void fix_nated_contact(RegistrarObject *r, pjsip_rx_data *rdata) {
     sip->port = rdata->pkt_info.src_port;
 }
 
+/* Responses go back to where a request came from (RFC 3581 rport, forced as NAT-aware servers do):
+ * a phone behind NAT names its private port in Via, and without rport RFC 3261 would answer
+ * there, where nothing arrives. Over connections the response uses the connection anyway. */
+static void respond_to_source(pjsip_rx_data *rdata) {
+    pjsip_via_hdr *via = rdata->msg_info.via;
+    if (!via || rdata->msg_info.msg->type != PJSIP_REQUEST_MSG || via->maddr_param.slen) return;
+    if (PJSIP_TRANSPORT_IS_RELIABLE(rdata->tp_info.transport)) return;
+    if (via->rport_param <= 0) via->rport_param = rdata->pkt_info.src_port;
+}
+
 /* ---- SIP INFO DTMF (added for the flow layer's DTMF relay) ------------------------------------ */
 
 /* pjsua answers and reports (onDtmfDigit, method SIP INFO) only application/dtmf-relay
@@ -973,6 +983,7 @@ static pj_bool_t nat_on_rx(pjsip_rx_data *rdata) {
         if (rdata->msg_info.msg->type == PJSIP_RESPONSE_MSG ||
             rdata->msg_info.msg->line.req.method.id != PJSIP_REGISTER_METHOD)
             fix_nated_contact(the_registrar, rdata);
+        respond_to_source(rdata);
         dtmf_info_as_relay(rdata);
         pjsip_msg *msg = rdata->msg_info.msg;
         if (sanitize_sdp_addresses(rdata) && msg->type == PJSIP_REQUEST_MSG &&

@@ -26,8 +26,9 @@ STEP_1 = REPO / "flows" / "part-1-step-1-trunk-to-queue-basic.yaml"  # 2: Sales,
 
 
 def register_natted(server, user: str, source_port: int, contact_port: int) -> None:
-    """REGISTER from `source_port` with a Contact naming `contact_port` (nobody listens there)."""
-    sipp = Sipp("register_uac_contact", f"127.0.0.1:{server.sip_port}", local_port=source_port,
+    """REGISTER from `source_port` with Via and Contact naming `contact_port` (nobody listens there)
+    and no rport: the answers reach the phone only at its source address."""
+    sipp = Sipp("register_uac_nat", f"127.0.0.1:{server.sip_port}", local_port=source_port,
                 auth=(user, f"pass{user}"), calls=1, timeout_s=10,
                 variables={"user": user, "domain": "127.0.0.1", "expires": 3600, "contact_port": contact_port})
     with sipp:
