@@ -163,3 +163,25 @@ def test_a_natted_agent_phone_gets_keepalives_and_a_queue_call_with_audio_both_w
     late = [round(p.ts - from_phone[0], 3) for p in private if p.ts > from_phone[0] + 1.0]
     assert not late and len(private) <= 50, \
         f"{len(private)} RTP packets to {PRIVATE}, of them after the phone's RTP had come for 1 s: {late[:10]}"
+
+
+def test_a_phone_registered_over_tcp_answers_options_keepalives_over_its_own_connection(tmp_path):
+    # liblinphone registers over a connection from an ephemeral port (its Contact names that port
+    # once it learnt it from rport, so the binding is not NATed: keep-alives to every binding here).
+    # Nothing listens on that port, so an OPTIONS can reach the phone only over the connection the
+    # REGISTER came on.
+    with demo_server(tmp_path, registrar__keepalive__interval_seconds=INTERVAL,
+                     registrar__keepalive__nat_only="false") as server, \
+            phones(tmp_path, {"name": "agent", "transport": "tcp"}) as (agent,):
+        agent.wait_registered(agent.register("1001", "pass1001", f"127.0.0.1:{server.sip_port}"), 10)
+
+        def counters() -> dict[str, float]:
+            prefix = 'softswitch_registrar_events_total{event="keepalive_'
+            return {k[len(prefix):-2]: v for k, v in server.metrics().items() if k.startswith(prefix)}
+
+        deadline = time.monotonic() + 10
+        while counters().get("options_answered", 0) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        seen = counters()
+        assert seen.get("options_answered", 0) >= 3 and seen.get("options_failed", 0) == 0, seen
+        assert agent.registration_state() == "LinphoneRegistrationOk"

@@ -83,3 +83,19 @@ def test_a_natted_phone_gets_options_keepalives_and_once_it_stops_answering_is_n
     counters = keepalive_counters(server)
     assert counters["options_answered"] >= 3 and counters["options_failed"] >= 2, counters
     assert counters["became_unreachable"] == 1, counters
+
+
+def test_crlf_keepalives_reach_a_natted_phone_at_its_source_and_never_make_it_unreachable(server_factory, tmp_path):
+    server = server_factory(registrar={"keepalive": {"method": "crlf", "interval_seconds": 1, "max_failures": 1}},
+                            metrics={"http_listen": f"127.0.0.1:{free_port('tcp')}"})
+    source, contact = free_port("both"), free_port("both")
+    with LoopbackCapture(f"udp and dst port {source}", tmp_path / "phone.pcap") as cap:
+        register_natted(server, "1001", source, contact)
+        wait_for(lambda: keepalive_counters(server).get("crlf_sent", 0) >= 3, 10, "three CRLF keep-alives")
+    pings = [p.ts for p in cap.packets() if p.dst_port == source and p.payload == b"\r\n\r\n"]
+    gaps = [b - a for a, b in zip(pings, pings[1:])]
+    assert len(pings) >= 3 and all(0.75 <= g <= 2.0 for g in gaps), gaps
+    counters = keepalive_counters(server)
+    # Nobody answers a CRLF, and nobody has to: the phone stays reachable, and no OPTIONS went out.
+    assert counters["became_unreachable"] == 0 and counters["options_sent"] == 0, counters
+    assert server.status()["registrations"]["extensions"] == ["1001"]

@@ -245,7 +245,9 @@ class Registrar:
 
     def stats(self) -> dict:
         """The gate's counters: registrations, challenges, refusals (`overload_concurrent`,
-        `overload_rate`, `overload_cpu`, `overload_loop_lag`), `live_inbound`, `overloaded`."""
+        `overload_rate`, `overload_cpu`, `overload_loop_lag`), `live_inbound`, `overloaded`; and
+        keep-alives (`keepalive_options_sent`, `_answered`, `_failed`, `keepalive_crlf_sent`,
+        `_failed`, `keepalive_became_unreachable`, `bindings_unreachable` now)."""
         return self._native.stats()
 
     def sip_response_counts(self) -> dict[tuple[str, int], int]:
