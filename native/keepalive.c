@@ -27,8 +27,11 @@ struct ss_ka_probe {
 };
 
 /* The transaction callbacks find the keep-alive state through this pointer: one per process,
- * like the registrar that owns it. */
+ * like the registrar that owns it. The module is static, not in the registrar object: a
+ * transaction still running at shutdown keeps pointing at its transaction user after the
+ * registrar is closed and freed, and pjsip calls it when libDestroy ends the transaction. */
 static ss_ka_t *the_keepalive;
+static pjsip_module ka_mod = {NULL, NULL, {"mod-softswitch-keepalive", 24}, -1, PJSIP_MOD_PRIORITY_APPLICATION};
 
 static pj_uint64_t mono_ms(void) {
     struct timespec ts;
@@ -54,8 +57,8 @@ static void unlink_probe(ss_ka_t *ka, ss_ka_probe_t *p) {
 
 static void on_tsx_state(pjsip_transaction *tsx, pjsip_event *event) {
     ss_ka_t *ka = the_keepalive;
-    if (!ka || ka->mod.id < 0) return;
-    ss_ka_probe_t *p = (ss_ka_probe_t *)tsx->mod_data[ka->mod.id];
+    if (!ka || ka_mod.id < 0) return; /* closed: the probes are gone */
+    ss_ka_probe_t *p = (ss_ka_probe_t *)tsx->mod_data[ka_mod.id];
     if (!p) return;
     if (tsx->state >= PJSIP_TSX_STATE_COMPLETED && !p->reported) {
         /* Only a response from the far end counts: a timeout, our own termination and transport
@@ -64,7 +67,7 @@ static void on_tsx_state(pjsip_transaction *tsx, pjsip_event *event) {
         report(ka, p, answered, tsx->status_code);
     }
     if (tsx->state == PJSIP_TSX_STATE_DESTROYED) {
-        tsx->mod_data[ka->mod.id] = NULL;
+        tsx->mod_data[ka_mod.id] = NULL;
         p->tsx = NULL;
         unlink_probe(ka, p);
         free(p);
@@ -73,12 +76,8 @@ static void on_tsx_state(pjsip_transaction *tsx, pjsip_event *event) {
 
 int ss_ka_install(ss_ka_t *ka) {
     if (ka->installed) return 0;
-    memset(&ka->mod, 0, sizeof(ka->mod));
-    ka->mod.name = pj_str("mod-softswitch-keepalive");
-    ka->mod.id = -1;
-    ka->mod.priority = PJSIP_MOD_PRIORITY_APPLICATION;
-    ka->mod.on_tsx_state = &on_tsx_state;
-    pj_status_t st = pjsip_endpt_register_module(pjsua_get_pjsip_endpt(), &ka->mod);
+    ka_mod.on_tsx_state = &on_tsx_state;
+    pj_status_t st = pjsip_endpt_register_module(pjsua_get_pjsip_endpt(), &ka_mod);
     if (st != PJ_SUCCESS) {
         ss_raise_pj("pjsip_endpt_register_module (keepalive)", st);
         return -1;
@@ -94,13 +93,13 @@ void ss_ka_uninstall(ss_ka_t *ka) {
      * call back into a registrar that is gone. */
     for (ss_ka_probe_t *p = ka->probes, *next; p; p = next) {
         next = p->next;
-        if (p->tsx && ka->mod.id >= 0) p->tsx->mod_data[ka->mod.id] = NULL;
+        if (p->tsx && ka_mod.id >= 0) p->tsx->mod_data[ka_mod.id] = NULL;
         free(p);
     }
     ka->probes = NULL;
-    if (pjsua_get_state() != PJSUA_STATE_NULL) pjsip_endpt_unregister_module(pjsua_get_pjsip_endpt(), &ka->mod);
-    ka->installed = 0;
     if (the_keepalive == ka) the_keepalive = NULL;
+    if (pjsua_get_state() != PJSUA_STATE_NULL) pjsip_endpt_unregister_module(pjsua_get_pjsip_endpt(), &ka_mod);
+    ka->installed = 0;
 }
 
 pj_status_t ss_ka_send_options(ss_ka_t *ka, const char *username, pj_uint64_t binding_id, const char *target_uri,
@@ -113,7 +112,7 @@ pj_status_t ss_ka_send_options(ss_ka_t *ka, const char *username, pj_uint64_t bi
                                                 NULL, &tdata);
     if (st != PJ_SUCCESS) return st;
     pjsip_transaction *tsx = NULL;
-    st = pjsip_tsx_create_uac(&ka->mod, tdata, &tsx);
+    st = pjsip_tsx_create_uac(&ka_mod, tdata, &tsx);
     if (st != PJ_SUCCESS) {
         pjsip_tx_data_dec_ref(tdata);
         return st;
@@ -129,7 +128,7 @@ pj_status_t ss_ka_send_options(ss_ka_t *ka, const char *username, pj_uint64_t bi
     p->deadline = mono_ms() + answer_ms;
     p->next = ka->probes;
     ka->probes = p;
-    tsx->mod_data[ka->mod.id] = p;
+    tsx->mod_data[ka_mod.id] = p;
     ka->sent++;
     st = pjsip_tsx_send_msg(tsx, NULL);
     if (st != PJ_SUCCESS) {

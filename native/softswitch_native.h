@@ -39,8 +39,7 @@ typedef struct {
 typedef struct ss_ka_probe ss_ka_probe_t;
 
 typedef struct {
-    pjsip_module mod; /* the transaction user of OPTIONS keep-alives */
-    int installed;
+    int installed;    /* its transaction user (keepalive.c) is registered */
     ss_ka_method_t method;
     unsigned interval_ms;
     int nat_only;          /* only bindings whose Contact is not where they registered from */
