@@ -101,3 +101,41 @@ def test_crlf_keepalives_reach_a_natted_phone_at_its_source_and_never_make_it_un
     # Nobody answers a CRLF, and nobody has to: the phone stays reachable, and no OPTIONS went out.
     assert counters["became_unreachable"] == 0 and counters["options_sent"] == 0, counters
     assert server.status()["registrations"]["extensions"] == ["1001"]
+
+
+def test_an_unreachable_phone_is_offline_for_queues_and_back_online_when_it_answers_again(ua):
+    """On the in-process UA: what the queues read (`Extensions`) follows reachability."""
+    from softswitch.sip.extensions import AvailabilityChanged
+
+    changes: list[AvailabilityChanged] = []
+
+    def setup():
+        ua.registrar._native.configure_keepalive(method="options", interval_seconds=1.0, nat_only=True,
+                                                 max_failures=1, from_uri="sip:softswitch@127.0.0.1")
+        return ua.extensions.subscribe(lambda c: changes.append(c) if c.extension == "1002" else None)
+
+    unsubscribe = ua.run_sync(setup)
+    source, contact = free_port("both"), free_port("both")
+    server = type("S", (), {"sip_port": ua.config.sip.udp_port})
+    try:
+        register_natted(server, "1002", source, contact)
+        assert ua.run_sync(lambda: ua.extensions.online("1002"))
+        # Nobody answers on the source port: one unanswered keep-alive makes it unreachable.
+        wait_for(lambda: any(c.reason == "unreachable" for c in changes), 10, "1002 to become unreachable")
+        assert ua.run_sync(lambda: (ua.extensions.online("1002"), ua.extensions.free("1002"),
+                                    ua.dialer.extension_endpoints(["1002"]))) == (False, False, [])
+        # The phone is back and answers the next keep-alives: online and free again.
+        with Sipp("uas_answer_options", local_port=source, calls=3, timeout_s=10) as phone:
+            wait_for(lambda: any(c.reason == "reachable" for c in changes), 10, "1002 to be reachable again")
+            assert ua.run_sync(lambda: (ua.extensions.online("1002"), ua.extensions.free("1002"))) == (True, True)
+            assert phone.wait(15).ok
+        seen = [(c.reason, c.online) for c in changes if c.reason != "registered"]
+        assert seen[:2] == [("unreachable", False), ("reachable", True)], seen
+    finally:
+        ua.run_sync(unsubscribe)
+        ua.run_sync(lambda: ua.registrar.apply_config(ua.config))
+        sipp = Sipp("register_uac_nat", f"127.0.0.1:{ua.config.sip.udp_port}", local_port=source,
+                    auth=("1002", "pass1002"), calls=1, timeout_s=10,
+                    variables={"user": "1002", "domain": "127.0.0.1", "expires": 0, "contact_port": contact})
+        with sipp:
+            sipp.wait(15)
