@@ -224,6 +224,10 @@ def test_unknown_key_and_wrong_type_are_both_reported_with_file_and_line(tmp_pat
             id="user-set-not-list",
         ),
         pytest.param("sip:\n  5060: udp\n", 2, "sip.5060", "must be a string, not int", id="non-string-key"),
+        pytest.param("media:\n  hold_music: missing.wav\n", 2, "media.hold_music", "hold music file not found",
+                     id="hold-music-file"),
+        pytest.param("media:\n  hold_music: 'tone:440/x'\n", 2, "media.hold_music", "neither a preset",
+                     id="hold-music-tone"),
     ],
 )
 def test_each_invalid_config_gives_one_located_error(tmp_path, text, line, key, fragment):

@@ -283,6 +283,27 @@ class Leg(LegBase):
         self._publish(LegDtmf(self.id, digit, method))
 
 
+# RFC 3551's static payload types of the codecs softswitch can carry.
+_STATIC_PAYLOADS = {"0": "PCMU", "8": "PCMA", "9": "G722"}
+
+
+def usable_audio(sdp: str, allowed: set[str]) -> bool:
+    """Whether an SDP offers no audio at all (or only disabled streams, port 0), or audio in at
+    least one of the `allowed` codec names (upper case)."""
+    offered = False
+    for block in re.split(r"\r?\n(?=m=)", sdp):
+        m = re.match(r"m=audio\s+(\d+)\s+\S+\s*(.*)", block)
+        if not m or m.group(1) == "0":
+            continue
+        offered = True
+        names = {pt: _STATIC_PAYLOADS.get(pt, "") for pt in m.group(2).split()}
+        for pt, name in re.findall(r"a=rtpmap:(\d+)\s+([^/\s]+)", block):
+            names[pt] = name.upper()
+        if any(name in allowed for name in names.values()):
+            return True
+    return not offered
+
+
 def _op(code: int) -> "pj.CallOpParam":
     prm = pj.CallOpParam()
     prm.statusCode = code
@@ -332,6 +353,19 @@ class SipCall(pj.Call):
     def onCallMediaState(self, prm) -> None:
         if self.leg is not None:
             self.ua.guard("onCallMediaState", self.leg._on_media_state)
+
+    def onCallRxOffer(self, prm) -> None:
+        """A re-INVITE or UPDATE offer in a live call. One with audio in no codec softswitch
+        allows is refused with 488 (RFC 3261 §13.3.1.1): pjsua would answer 500 and log an
+        error. The call then carries on with the media it had."""
+        self.ua.guard("onCallRxOffer", self._check_offer, prm)
+
+    def _check_offer(self, prm) -> None:
+        allowed = {c.upper() for c in self.ua.config.media.codecs} - {"TELEPHONE-EVENT"}
+        if not usable_audio(prm.offer.wholeSdp, allowed):
+            log.warning("%s: re-offer with no usable audio codec (allowed: %s): 488",
+                        self.leg.id if self.leg else "call", ", ".join(sorted(allowed)))
+            prm.statusCode = 488
 
     def onDtmfDigit(self, prm) -> None:
         if self.leg is not None:
