@@ -152,8 +152,9 @@ def test_a_natted_agent_phone_gets_keepalives_and_a_queue_call_with_audio_both_w
     assert mostly(heard_between(cap, caller, t_answered + 1.0, t_end), AGENT_HZ), "caller did not hear the agent"
     assert mostly(heard_between(cap, agent, t_answered + 1.0, t_end), CALLER_HZ), "agent did not hear the caller"
     # Nothing went to the advertised private address but the RTP softswitch sent before it latched
-    # to where the phone's RTP comes from (pjmedia switches after at most PJMEDIA_RTP_NAT_PROBATION_CNT,
-    # 10, packets from the new source, about 0.2 s of the phone's RTP); no SIP at all.
+    # to where the phone's RTP comes from; no SIP at all. pjmedia switches at the first packet, or,
+    # when the packets' SSRC is not the one the SDP's a=ssrc announced (liblinphone's, after pjsua's
+    # codec-lock UPDATE), after PJMEDIA_RTP_NAT_PROBATION_CNT (10) of them: 0.2 s of its RTP.
     private = [p for p in cap.packets() if p.dst_ip == PRIVATE]
     assert not [p for p in private if not agent.rtp_port <= p.dst_port < agent.rtp_port + 20], \
         [(p.dst, p.payload[:40]) for p in private][:5]
