@@ -8,13 +8,13 @@ queues do not ring it (the caller hears the offline announcement) until it answe
 
 from __future__ import annotations
 
-import re
 
 import pytest
 
 from tests.support.callcentre import json_lines, pcap_of, queue_events
 from tests.support.actors import uac_until_bye
 from tests.support.capture import LoopbackCapture
+from tests.support.keepalive import counters, first_arrivals
 from tests.support.ports import free_port
 from tests.support.server import REPO
 from tests.support.sipp import Sipp
@@ -36,23 +36,6 @@ def register_natted(server, user: str, source_port: int, contact_port: int) -> N
     assert result.ok, str(result)
 
 
-def keepalive_counters(server) -> dict[str, float]:
-    samples = server.metrics()
-    prefix = 'softswitch_registrar_events_total{event="keepalive_'
-    return {k[len(prefix):-2]: v for k, v in samples.items() if k.startswith(prefix)}
-
-
-def sip_requests(cap: LoopbackCapture, port: int, method: bytes) -> list[float]:
-    """When each SIP request `method` captured towards `port` first arrived (retransmissions of
-    an unanswered one, same Call-ID, are left out)."""
-    first: dict[bytes, float] = {}
-    for p in cap.packets():
-        if p.dst_port == port and p.payload.startswith(method + b" "):
-            call_id = re.search(rb"\r\nCall-ID: *([^\r]+)", p.payload, re.I)
-            first.setdefault(call_id.group(1) if call_id else p.payload, p.ts)
-    return sorted(first.values())
-
-
 def test_a_natted_phone_gets_options_keepalives_and_once_it_stops_answering_is_not_rung(server_factory, tmp_path):
     server = server_factory(flows=[str(STEP_1)], registrar={"keepalive": {"interval_seconds": 1, "max_failures": 2}},
                             records={"call_records": str(tmp_path / "calls.jsonl")},
@@ -64,7 +47,7 @@ def test_a_natted_phone_gets_options_keepalives_and_once_it_stops_answering_is_n
         with Sipp("uas_answer_options", local_port=source, calls=3, timeout_s=15) as phone:
             answered = phone.wait(20)
         assert answered.ok, str(answered)
-        wait_for(lambda: keepalive_counters(server).get("became_unreachable", 0) >= 1, 10,
+        wait_for(lambda: counters(server).get("became_unreachable", 0) >= 1, 10,
                  "the phone to be marked unreachable after two unanswered keep-alives")
         # A caller asks for Sales: the queue's only agent is unreachable, so it is offline.
         caller = uac_until_bye(f"127.0.0.1:{server.sip_port}", pcap_of(tmp_path, "caller", 440, 12, [("2", 1.0, 200)]),
@@ -76,13 +59,13 @@ def test_a_natted_phone_gets_options_keepalives_and_once_it_stops_answering_is_n
     (record,) = json_lines(tmp_path / "calls.jsonl")
     assert record["queue"]["outcome"] == "offline" and [leg["role"] for leg in record["legs"]] == ["caller"]
     # What reached the phone's port: keep-alives about a second apart, never an INVITE.
-    options = sip_requests(cap, source, b"OPTIONS")
+    options = first_arrivals(cap, source, b"OPTIONS")
     gaps = [b - a for a, b in zip(options, options[1:])]
     assert len(options) >= 5 and all(0.75 <= g <= 2.0 for g in gaps), gaps
-    assert not sip_requests(cap, source, b"INVITE")
-    counters = keepalive_counters(server)
-    assert counters["options_answered"] >= 3 and counters["options_failed"] >= 2, counters
-    assert counters["became_unreachable"] == 1, counters
+    assert not first_arrivals(cap, source, b"INVITE")
+    seen = counters(server)
+    assert seen["options_answered"] >= 3 and seen["options_failed"] >= 2, seen
+    assert seen["became_unreachable"] == 1, seen
     # An OPTIONS to the unreachable phone is in flight now: the server still stops cleanly.
     assert server.stop() == 0, server.text()[-3000:]
 
@@ -93,13 +76,13 @@ def test_crlf_keepalives_reach_a_natted_phone_at_its_source_and_never_make_it_un
     source, contact = free_port("both"), free_port("both")
     with LoopbackCapture(f"udp and dst port {source}", tmp_path / "phone.pcap") as cap:
         register_natted(server, "1001", source, contact)
-        wait_for(lambda: keepalive_counters(server).get("crlf_sent", 0) >= 3, 10, "three CRLF keep-alives")
+        wait_for(lambda: counters(server).get("crlf_sent", 0) >= 3, 10, "three CRLF keep-alives")
     pings = [p.ts for p in cap.packets() if p.dst_port == source and p.payload == b"\r\n\r\n"]
     gaps = [b - a for a, b in zip(pings, pings[1:])]
     assert len(pings) >= 3 and all(0.75 <= g <= 2.0 for g in gaps), gaps
-    counters = keepalive_counters(server)
+    seen = counters(server)
     # Nobody answers a CRLF, and nobody has to: the phone stays reachable, and no OPTIONS went out.
-    assert counters["became_unreachable"] == 0 and counters["options_sent"] == 0, counters
+    assert seen["became_unreachable"] == 0 and seen["options_sent"] == 0, seen
     assert server.status()["registrations"]["extensions"] == ["1001"]
 
 
