@@ -33,6 +33,7 @@ __all__ = [
     "Connection",
     "Directories",
     "ExtensionUser",
+    "KeepaliveConfig",
     "Limits",
     "LoggingConfig",
     "MediaConfig",
@@ -252,6 +253,20 @@ class Trunk:
     dtmf_methods: list[DtmfMethod] | None = None  # None: rfc2833 and info
 
 
+KeepaliveMethod = Literal["options", "crlf", "off"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeepaliveConfig:
+    """Keep-alives to registered phones, so that NAT mappings stay open and a phone that cannot
+    be reached any more is not rung. OPTIONS also detect an unreachable phone; CRLF only refresh."""
+
+    method: KeepaliveMethod = "options"
+    interval_seconds: int = _setting(30, lo=1, hi=3600)  # to each binding; NAT UDP mappings often last 30-60 s
+    nat_only: bool = True  # only bindings whose Contact is not where their REGISTER came from
+    max_failures: int = _setting(3, lo=0, hi=100)  # unanswered OPTIONS in a row: unreachable; 0: never
+
+
 @dataclass(frozen=True, kw_only=True)
 class RegistrarConfig:
     """How phones and dynamic trunks register to softswitch."""
@@ -264,6 +279,7 @@ class RegistrarConfig:
     # Challenge order. MD5 only by default: Debian 12's baresip (libre 1.1) gives up on a 401 that
     # also carries a SHA-256 challenge, in either order, and never registers (README "Digest").
     algorithms: list[DigestAlgorithm] = field(default_factory=lambda: ["MD5"])
+    keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -633,6 +649,8 @@ class _Walker:
         except (yaml.YAMLError, ValueError) as e:  # ValueError: an integer of thousands of digits
             return self.error(node, key, f"unreadable value: {e}")
         choices = get_args(tp) if get_origin(tp) is Literal else ()
+        if choices and type(value) is bool and node.value in choices:
+            value = node.value  # YAML 1.1 reads a bare `off` (or `on`) as a boolean: the word was meant
         if rule.from_bool is not None and type(value) is bool:
             value = rule.from_bool[value]
         wanted = type(choices[0]) if choices else (str if tp is Path else tp)
