@@ -33,11 +33,13 @@ __all__ = [
     "Connection",
     "Directories",
     "ExtensionUser",
+    "KeepaliveConfig",
     "Limits",
     "LoggingConfig",
     "MediaConfig",
     "MetricsConfig",
     "MissingSecretError",
+    "SessionTimerMode",
     "SipConfig",
     "Trunk",
     "default_config_text",
@@ -94,6 +96,8 @@ class _Rule:
     base: Literal["dirs", "flows"] = "dirs"  # what a relative path is relative to
     must_exist: bool = False  # a path that must name an existing file
     from_key: bool = False  # set from the entry's name in its parent mapping, not read from YAML
+    # Choice settings that also take a YAML boolean (`off` *is* false in YAML 1.1): (false, true).
+    from_bool: tuple[str, str] | None = None
 
 
 _NO_RULE = _Rule()
@@ -157,6 +161,9 @@ Codec = Literal["PCMU", "PCMA", "G722", "opus", "L16", "telephone-event"]
 AiProfile = Literal["openai_realtime", "gemini_live", "generic"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
+# RFC 4028 session timers: off; supported (used when the peer supports them); required (a peer
+# without them is refused); always (softswitch refreshes even a peer that does not support them).
+SessionTimerMode = Literal["off", "supported", "required", "always"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,7 +178,11 @@ class SipConfig:
     rtp_port_start: int = _setting(20000, lo=1024, hi=65000, check=_even)
     rtp_port_count: int = _setting(4000, lo=2, hi=60000)
     max_calls: int = _setting(1000, lo=1, hi=1024)  # PJSUA_MAX_CALLS in native/config_site.h
-    session_timers: bool = False
+    # `false`/`true` (the old boolean) mean off/supported. pjsua's own default, which every INVITE
+    # carried whatever the setting said, is `supported` with 1800 s and Min-SE 90.
+    session_timers: SessionTimerMode = _setting("supported", from_bool=("off", "supported"))
+    session_expires: int = _setting(1800, lo=90, hi=86400)  # seconds; pjsip refuses less than 90
+    min_se: int = _setting(90, lo=90, hi=86400)  # the smallest Session-Expires accepted (422 below it)
 
     @property
     def contact_address(self) -> str:
@@ -242,6 +253,20 @@ class Trunk:
     dtmf_methods: list[DtmfMethod] | None = None  # None: rfc2833 and info
 
 
+KeepaliveMethod = Literal["options", "crlf", "off"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeepaliveConfig:
+    """Keep-alives to registered phones, so that NAT mappings stay open and a phone that cannot
+    be reached any more is not rung. OPTIONS also detect an unreachable phone; CRLF only refresh."""
+
+    method: KeepaliveMethod = "options"
+    interval_seconds: int = _setting(30, lo=1, hi=3600)  # to each binding; NAT UDP mappings often last 30-60 s
+    nat_only: bool = True  # only bindings whose Contact is not where their REGISTER came from
+    max_failures: int = _setting(3, lo=0, hi=100)  # unanswered OPTIONS in a row: unreachable; 0: never
+
+
 @dataclass(frozen=True, kw_only=True)
 class RegistrarConfig:
     """How phones and dynamic trunks register to softswitch."""
@@ -251,7 +276,10 @@ class RegistrarConfig:
     max_expires: int = _setting(3600, lo=1, hi=86400)  # longer requests are shortened to this
     default_expires: int = _setting(600, lo=1, hi=86400)
     nonce_ttl_seconds: int = _setting(300, lo=10, hi=86400)
-    algorithms: list[DigestAlgorithm] = field(default_factory=lambda: ["MD5", "SHA-256"])  # challenge order
+    # Challenge order. MD5 only by default: Debian 12's baresip (libre 1.1) gives up on a 401 that
+    # also carries a SHA-256 challenge, in either order, and never registers (README "Digest").
+    algorithms: list[DigestAlgorithm] = field(default_factory=lambda: ["MD5"])
+    keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -380,6 +408,9 @@ def _cross_checks(config: Config) -> Iterator[tuple[str, str, tuple[str, ...]]]:
             f"rtp_port_start + rtp_port_count = {sip.rtp_port_start + sip.rtp_port_count} is above 65536",
             ("sip.rtp_port_start", "sip.rtp_port_count"),
         )
+    if sip.session_expires < sip.min_se:
+        yield "sip.session_expires", f"session_expires {sip.session_expires} is below min_se {sip.min_se}", (
+            "sip.session_expires", "sip.min_se")
     if sip.udp_port == 0 and sip.tcp_port == 0:
         ports = ("sip.udp_port", "sip.tcp_port")
         yield "sip.udp_port", "udp_port and tcp_port are both 0: enable at least one", ports
@@ -618,6 +649,10 @@ class _Walker:
         except (yaml.YAMLError, ValueError) as e:  # ValueError: an integer of thousands of digits
             return self.error(node, key, f"unreadable value: {e}")
         choices = get_args(tp) if get_origin(tp) is Literal else ()
+        if choices and type(value) is bool and node.value in choices:
+            value = node.value  # YAML 1.1 reads a bare `off` (or `on`) as a boolean: the word was meant
+        if rule.from_bool is not None and type(value) is bool:
+            value = rule.from_bool[value]
         wanted = type(choices[0]) if choices else (str if tp is Path else tp)
         # bool is a subclass of int, and "5060" is not a number: compare exact types.
         if type(value) is not wanted and not (wanted is float and type(value) is int):
