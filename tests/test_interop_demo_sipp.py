@@ -13,7 +13,7 @@ import soundfile as sf
 
 from tests.support import softphone
 from tests.support.interop import (AGENT_HZ, CALLER_HZ, demo_server, dominant, heard_between, mostly, phones,
-                                   rtp_capture, tone_wav)
+                                   queue_call, rtp_capture)
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop,
               pytest.mark.skipif(not softphone.available(), reason="linphone-daemon not installed")]
@@ -24,17 +24,9 @@ def test_a_phone_registers_and_takes_a_queue_call_from_the_demo(tmp_path, transp
     with demo_server(tmp_path) as server, \
             phones(tmp_path, {"name": "caller", "user": "5551234"},
                    {"name": "agent", "auto_answer": True, "transport": transport}) as (caller, agent):
-        agent.wait_registered(agent.register("1001", "pass1001", f"127.0.0.1:{server.sip_port}"), 10)
         cap = rtp_capture(tmp_path, caller, agent)
         with cap:
-            call = caller.call(f"sip:100@127.0.0.1:{server.sip_port}")
-            caller.wait_event("LinphoneCallStreamsRunning", call, 15)
-            caller.keep_playing(tone_wav(tmp_path / "caller.wav", CALLER_HZ), call)
-            time.sleep(1.5)
-            caller.dtmf("1")
-            agent_call = agent.wait_event("LinphoneCallIncomingReceived", timeout=30).call_id
-            agent.wait_event("LinphoneCallStreamsRunning", agent_call, 15)
-            agent.keep_playing(tone_wav(tmp_path / "agent.wav", AGENT_HZ), agent_call)
+            call, agent_call = queue_call(server, caller, agent, tmp_path)
             time.sleep(1.5)
             t0 = time.time()
             time.sleep(3.0)

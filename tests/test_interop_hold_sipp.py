@@ -19,24 +19,25 @@ import soundfile as sf
 
 from tests.support import softphone
 from tests.support.interop import (AGENT_HZ, CALLER_HZ, HOLD_HZ, demo_server, heard_between, mostly, phones,
-                                   rtp_capture, tone_wav)
+                                   queue_call, rtp_capture)
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop,
               pytest.mark.skipif(not softphone.available(), reason="linphone-daemon not installed")]
 
 
-def _connect(server, caller, agent, tmp_path):
-    """The caller dials the demo, presses 1 and is bridged to the agent; both send their tone."""
-    agent.wait_registered(agent.register("1001", "pass1001", f"127.0.0.1:{server.sip_port}"), 10)
-    call = caller.call(f"sip:100@127.0.0.1:{server.sip_port}")
-    caller.wait_event("LinphoneCallStreamsRunning", call, 15)
-    caller.keep_playing(tone_wav(tmp_path / "caller.wav", CALLER_HZ), call)
-    time.sleep(1.0)
-    caller.dtmf("1")
-    agent_call = agent.wait_event("LinphoneCallIncomingReceived", timeout=30).call_id
-    agent.wait_event("LinphoneCallStreamsRunning", agent_call, 15)
-    agent.keep_playing(tone_wav(tmp_path / "agent.wav", AGENT_HZ), agent_call)
-    return call, agent_call
+def _hold_and_resume(phone, call_id, seconds=2.5):
+    """Hold from `phone`, then resume; returns the wall-clock windows (while held, after resume)."""
+    mark = phone.mark()
+    phone.pause(call_id)
+    phone.wait_event("LinphoneCallPaused", call_id, 10, since=mark)
+    held = (time.time() + 0.5, time.time() + 0.5 + seconds)
+    time.sleep(0.5 + seconds)
+    mark = phone.mark()
+    phone.resume(call_id)
+    phone.wait_event("LinphoneCallStreamsRunning", call_id, 10, since=mark)
+    resumed = (time.time() + 1.0, time.time() + 1.0 + seconds)
+    time.sleep(1.0 + seconds)
+    return held, resumed
 
 
 def _window(cap, phone, t0, t1):
@@ -48,40 +49,18 @@ def test_hold_and_resume_by_the_agent_and_by_the_caller_keep_the_bridge(tmp_path
             phones(tmp_path, {"name": "caller", "user": "5551234"}, {"name": "agent", "auto_answer": True}) as (caller, agent):
         cap = rtp_capture(tmp_path, caller, agent)
         with cap:
-            call, agent_call = _connect(server, caller, agent, tmp_path)
+            call, agent_call = queue_call(server, caller, agent, tmp_path)
             time.sleep(3.0)
             t_bridged = time.time()
             time.sleep(2.0)
 
-            mark = agent.mark()
-            agent.pause(agent_call)  # the agent holds: the caller is the held party
-            agent.wait_event("LinphoneCallPaused", agent_call, 10, since=mark)
-            time.sleep(0.5)
-            t_agent_hold = time.time()
-            time.sleep(2.5)
-            t_agent_hold_end = time.time()
-            mark = agent.mark()
-            agent.resume(agent_call)
-            agent.wait_event("LinphoneCallStreamsRunning", agent_call, 10, since=mark)
-            time.sleep(1.0)
-            t_agent_resumed = time.time()
-            time.sleep(2.5)
-            t_agent_resumed_end = time.time()
-
-            mark = caller.mark()
-            caller.pause(call)  # now the caller holds: the agent is the held party
-            caller.wait_event("LinphoneCallPaused", call, 10, since=mark)
-            time.sleep(0.5)
-            t_caller_hold = time.time()
-            time.sleep(2.5)
-            t_caller_hold_end = time.time()
-            mark = caller.mark()
-            caller.resume(call)
-            caller.wait_event("LinphoneCallStreamsRunning", call, 10, since=mark)
-            time.sleep(1.0)
-            t_caller_resumed = time.time()
-            time.sleep(2.5)
-            t_end = time.time()
+            # The agent holds (the caller is the held party), then the caller holds (the agent is).
+            agent_hold, agent_resumed = _hold_and_resume(agent, agent_call)
+            caller_hold, caller_resumed = _hold_and_resume(caller, call)
+            t_agent_hold, t_agent_hold_end = agent_hold
+            t_agent_resumed, t_agent_resumed_end = agent_resumed
+            t_caller_hold, t_caller_hold_end = caller_hold
+            t_caller_resumed, t_end = caller_resumed
             caller.terminate(call)
             time.sleep(1.0)
 
@@ -144,7 +123,7 @@ def test_a_codec_change_mid_bridge_keeps_audio_and_recording(tmp_path):
                                                    "enabled": "1"}}}) as (caller, agent):
         cap = rtp_capture(tmp_path, caller, agent)
         with cap:
-            call, agent_call = _connect(server, caller, agent, tmp_path)
+            call, agent_call = queue_call(server, caller, agent, tmp_path)
             time.sleep(3.0)
             marks = {}
             for codec in ("PCMA", "G722"):

@@ -29,7 +29,7 @@ import pytest
 from tests.support import softphone
 from tests.support.capture import LoopbackCapture
 from tests.support.keepalive import counters, first_arrivals
-from tests.support.interop import AGENT_HZ, CALLER_HZ, demo_server, heard_between, mostly, phones, tone_wav
+from tests.support.interop import AGENT_HZ, CALLER_HZ, demo_server, heard_between, mostly, phones, queue_call
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop,
               pytest.mark.skipif(not softphone.available(), reason="linphone-daemon not installed")]
@@ -116,14 +116,7 @@ def test_a_natted_agent_phone_gets_keepalives_and_a_queue_call_with_audio_both_w
         with LoopbackCapture(flt, tmp_path / "nat.pcap") as cap:
             agent.wait_registered(agent.register("1001", "pass1001", f"127.0.0.1:{nat.inside_port}"), 10)
             t_registered = time.time()
-            call = caller.call(f"sip:100@127.0.0.1:{server.sip_port}")
-            caller.wait_event("LinphoneCallStreamsRunning", call, 15)
-            caller.keep_playing(tone_wav(tmp_path / "caller.wav", CALLER_HZ), call)
-            time.sleep(1.0)
-            caller.dtmf("1")
-            agent_call = agent.wait_event("LinphoneCallIncomingReceived", timeout=30).call_id
-            agent.wait_event("LinphoneCallStreamsRunning", agent_call, 15)
-            agent.keep_playing(tone_wav(tmp_path / "agent.wav", AGENT_HZ), agent_call)
+            call, agent_call = queue_call(server, caller, agent, tmp_path, register=False)
             t_answered = time.time()
             time.sleep(4.5)
             t_end = time.time()

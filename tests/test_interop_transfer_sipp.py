@@ -22,7 +22,7 @@ from tests.support import softphone
 from tests.support.capture import LoopbackCapture
 from tests.support.server import REPO, ServerProcess, write_test_config
 from tests.support.interop import (AGENT_HZ, CALLER_HZ, demo_server, dominant, heard_between, mostly, phones,
-                                   rtp_capture, tone_wav)
+                                   queue_call, rtp_capture, tone_wav)
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop,
@@ -31,22 +31,6 @@ pytestmark = [pytest.mark.sipp, pytest.mark.interop,
 TARGET_HZ = 1500  # what the transfer target's phone (extension 1003) sends
 PROVIDER_HZ = 1800  # what the phone behind the trunk's provider connection sends
 FLOW = REPO / "tests" / "fixtures" / "transfer" / "flow.yaml"  # outside fixtures/flows, the fuzzer's seeded set
-
-
-def _bridge_caller_to_agent(server, caller, agent, tmp_path, *, before_1=None):
-    """The caller dials the demo, presses 1 and is bridged to agent 1001; both send their tone."""
-    agent.wait_registered(agent.register("1001", "pass1001", f"127.0.0.1:{server.sip_port}"), 10)
-    call = caller.call(f"sip:100@127.0.0.1:{server.sip_port}")
-    caller.wait_event("LinphoneCallStreamsRunning", call, 15)
-    caller.keep_playing(tone_wav(tmp_path / "caller.wav", CALLER_HZ), call)
-    if before_1 is not None:
-        before_1(call)
-    time.sleep(1.0)
-    caller.dtmf("1")
-    agent_call = agent.wait_event("LinphoneCallIncomingReceived", timeout=30).call_id
-    agent.wait_event("LinphoneCallStreamsRunning", agent_call, 15)
-    agent.keep_playing(tone_wav(tmp_path / "agent.wav", AGENT_HZ), agent_call)
-    return call, agent_call
 
 
 def _records(tmp_path):
@@ -61,7 +45,7 @@ def test_blind_transfer_to_an_extension_moves_the_caller_with_its_recording_and_
         target.wait_registered(target.register("1003", "pass1003", f"127.0.0.1:{server.sip_port}"), 10)
         cap = rtp_capture(tmp_path, caller, agent, target)
         with cap:
-            call, agent_call = _bridge_caller_to_agent(server, caller, agent, tmp_path)
+            call, agent_call = queue_call(server, caller, agent, tmp_path)
             time.sleep(2.0)
             t_bridged = time.time()
             time.sleep(1.5)
@@ -128,7 +112,7 @@ def test_a_refused_and_a_failed_transfer_leave_the_call_as_it_was(tmp_path):
         cap = _sip_and_rtp_capture(tmp_path, server, caller, agent, target)
         with cap:
             # In the menu the caller is bridged to nobody: its REFER is refused (403), the call goes on.
-            call, agent_call = _bridge_caller_to_agent(
+            call, agent_call = queue_call(
                 server, caller, agent, tmp_path,
                 before_1=lambda c: caller.transfer(c, f"sip:1003@127.0.0.1:{server.sip_port}"))
             time.sleep(2.0)
@@ -285,7 +269,7 @@ def test_blind_transfer_to_an_outside_number_goes_through_the_callers_trunk(tmp_
         try:
             cap = rtp_capture(tmp_path, caller, provider)
             with cap:
-                call, agent_call = _bridge_caller_to_agent(server, caller, agent, tmp_path)
+                call, agent_call = queue_call(server, caller, agent, tmp_path)
                 time.sleep(1.0)
                 # Like many desk phones, the agent hangs up as soon as it has sent the REFER: the
                 # caller must not go with it, and the transfer goes on.

@@ -8,7 +8,7 @@ import contextlib
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -103,6 +103,26 @@ def mostly(audio: np.ndarray, freq: float, window: int = 1600, share: float = 0.
         return False
     hits = sum(abs(dominant(w) - freq) < 15 for w in windows)
     return hits >= share * len(windows)
+
+
+def queue_call(server: ServerProcess, caller: Linphone, agent: Linphone, tmp_path: Path, *,
+               register: bool = True, before_1: Callable[[str], None] | None = None) -> tuple[str, str]:
+    """The demo's support row on real phones: agent 1001 registers (unless the test did), the
+    caller dials the demo, presses 1 (after `before_1(call id)`, if given) and is bridged to the
+    agent, each sending its tone. Returns (the caller's call id, the agent's call id)."""
+    if register:
+        agent.wait_registered(agent.register("1001", "pass1001", f"127.0.0.1:{server.sip_port}"), 10)
+    call = caller.call(f"sip:100@127.0.0.1:{server.sip_port}")
+    caller.wait_event("LinphoneCallStreamsRunning", call, 15)
+    caller.keep_playing(tone_wav(tmp_path / "caller.wav", CALLER_HZ), call)
+    if before_1 is not None:
+        before_1(call)
+    time.sleep(1.0)
+    caller.dtmf("1")
+    agent_call = agent.wait_event("LinphoneCallIncomingReceived", timeout=30).call_id
+    agent.wait_event("LinphoneCallStreamsRunning", agent_call, 15)
+    agent.keep_playing(tone_wav(tmp_path / "agent.wav", AGENT_HZ), agent_call)
+    return call, agent_call
 
 
 def settle(seconds: float) -> float:
