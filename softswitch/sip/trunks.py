@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Callable
 
 import pjsua2 as pj
 
+from . import srtp
 if TYPE_CHECKING:
     from ..config import Config, Connection
     from .endpoint import UserAgent
@@ -47,11 +48,13 @@ class RegistrationStatus:
 
 
 def account_config(ua: "UserAgent", *, id_uri: str, connection: "Connection | None" = None,
-                   route_token: str | None = None, register: bool = False) -> "pj.AccountConfig":
+                   route_token: str | None = None, register: bool = False,
+                   srtp_use: str | None = None) -> "pj.AccountConfig":
     """An AccountConfig for outbound calls (and a registration when `register`).
 
-    With a connection: its credentials, proxy and advertised domain. Without: a local identity
-    (extension calls). RTP always uses the configured port range, as the LocalAccount does."""
+    With a connection: its credentials, proxy, advertised domain and SRTP use. Without: a local
+    identity (extension calls) with `srtp_use` (default disabled). RTP always uses the configured
+    port range, as the LocalAccount does."""
     sip = ua.config.sip
     acfg = pj.AccountConfig()
     acfg.idUri = id_uri
@@ -62,6 +65,7 @@ def account_config(ua: "UserAgent", *, id_uri: str, connection: "Connection | No
     tc.publicAddress = sip.contact_address
     acfg.natConfig.sipOutboundUse = 0  # no RFC 5626 instance params: keep our Contact plain
     acfg.regConfig.registerOnAdd = False
+    srtp.apply(acfg.mediaConfig, srtp_use or (connection.srtp if connection is not None else srtp.DISABLED))
     if connection is None:
         return acfg
 
@@ -69,7 +73,7 @@ def account_config(ua: "UserAgent", *, id_uri: str, connection: "Connection | No
     if connection.public_domain:
         # pjsua builds Contact from the transport address; a different advertised host needs
         # the whole Contact forced (the route token then goes inside it).
-        port = sip.tcp_port if connection.transport == "tcp" else sip.udp_port
+        port = {"tcp": sip.tcp_port, "tls": sip.tls_port}.get(connection.transport, sip.udp_port)
         user = connection.username or "softswitch"
         acfg.sipConfig.contactForced = (
             f"<sip:{user}@{connection.public_domain}:{port};transport={connection.transport}{token_param}>")
@@ -175,6 +179,8 @@ class Trunks:
             raise ValueError(f"connections.{name} uses transport tcp but sip.tcp_port is 0: enable TCP")
         if conn.transport == "udp" and not sip.udp_port:
             raise ValueError(f"connections.{name} uses transport udp but sip.udp_port is 0: enable UDP")
+        if conn.transport == "tls" and not sip.tls_port:
+            raise ValueError(f"connections.{name} uses transport tls but sip.tls_port is 0: enable TLS")
         token = secrets.token_hex(8) if conn.register else None
         state = self._states[name] = _ConnectionState(conn, token)
         if token is not None:
