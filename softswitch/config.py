@@ -208,6 +208,9 @@ class MediaConfig:
     quality: int = _setting(4, lo=1, hi=10)
     codecs: list[Codec] = field(default_factory=lambda: ["PCMU", "PCMA", "G722", "telephone-event"])
     jitter_buffer_ms: int = _setting(0, lo=0, hi=1000)  # jitter buffer ceiling; 0: pjmedia adaptive default
+    # What a bridged party hears while the other side holds the call: a WAV (under
+    # directories.prompts unless absolute), "tone:<preset or cadence>", or "none".
+    hold_music: str = "hold_music.wav"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -423,6 +426,20 @@ def _cross_checks(config: Config) -> Iterator[tuple[str, str, tuple[str, ...]]]:
                 key, "sip.tls_port")
     if not config.media.codecs:
         yield "media.codecs", "no codec allowed: list at least one", ("media.codecs",)
+    hold = config.media.hold_music.strip()
+    if hold.startswith("tone:"):
+        from .media.tones import TONE_PRESETS, ToneSyntaxError, parse_tone  # checked like the flows' tones
+        spec = TONE_PRESETS.get(hold[5:].strip(), hold[5:].strip())
+        try:
+            parse_tone(spec, config.media.clock_rate)
+        except ToneSyntaxError as exc:
+            yield "media.hold_music", f"hold music tone {hold[5:]!r}: {exc}", ("media.hold_music",)
+    elif hold.lower() not in ("", "none", "off") and hold != MediaConfig.hold_music:
+        # The default is looked for when a call is held (a prompts folder without it: no music).
+        path = Path(hold) if Path(hold).is_absolute() else config.directories.prompts / hold
+        if not path.is_file():
+            yield "media.hold_music", f"hold music file not found: {path} (a WAV, tone:<preset>, or none)", (
+                "media.hold_music",)
     # Entries the walker rejected are None here; they have been reported already.
     for name, trunk in config.trunks.items():
         if trunk is not None and trunk.connection is not None and trunk.connection not in config.connections:

@@ -14,6 +14,13 @@ SIP code when the peer is rejected. Bridging an unanswered outbound dial attempt
 dial's winner (`Dial.claim`). DTMF received on one leg is relayed to the other by the bridge's
 mode: `auto` (the peer's allowed methods: RFC 2833, then SIP INFO, then in-band), or forced
 `rfc2833`, `info` or `inband`; `disabled` relays nothing.
+
+Hold (an addition to the reference): when one side holds the call (its phone sent a=sendonly or
+a=inactive), the other side, the held party, hears `media.hold_music` (a looped WAV or tone, or
+nothing with `none`) instead of whatever the holding phone sends, and hears the holding side again
+when it resumes. The connection is suspended, not removed, so the call recording's channels stay
+aligned (the held party's channel has the music) and the bridge is exactly as it was afterwards.
+An AI leg that is held gets silence, never music.
 """
 
 from __future__ import annotations
@@ -26,10 +33,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ..media import bridge as conf
-from ..sip.events import LegAnswered, LegDtmf, LegEnded, LegEvent, LegMediaActive, LegProgress, LegRinging
+from ..sip.events import (LegAnswered, LegDtmf, LegEnded, LegEvent, LegHold, LegMediaActive, LegProgress,
+                          LegRinging)
 from ..sip.legs import LegStatus
 
 if TYPE_CHECKING:
+    from ..media.players import PromptPlayer
     from ..sip.legs import Leg
     from .retention import RetentionTicket
     from .runtime import FlowEngine, FlowLeg
@@ -49,6 +58,9 @@ class Bridge:
     tickets: list["RetentionTicket"] = field(default_factory=list)
     joined_slots: tuple[int, int] | None = None
     unsubscribes: list[Callable[[], None]] = field(default_factory=list)
+    # Hold: the id of each leg that holds the call now, and the music its held peer hears.
+    holding: set[str] = field(default_factory=set)
+    hold_players: dict[str, "PromptPlayer"] = field(default_factory=dict)
 
     def peer_of(self, leg: "FlowLeg") -> "FlowLeg":
         return self.b if leg is self.a else self.a
@@ -108,6 +120,9 @@ class Bridges:
         conf.connect(sa, sb)
         conf.connect(sb, sa)
         br.joined_slots = (sa, sb)
+        for leg in (br.a, br.b):
+            if leg.leg.held:  # held before the bridge joined: the peer hears music from the start
+                self._hold(br, leg, True)
 
     def _split_audio(self, br: Bridge) -> None:
         if br.joined_slots is None:
@@ -154,6 +169,8 @@ class Bridges:
             if br.joined_slots is not None and event.slot not in br.joined_slots:
                 self._split_audio(br)  # the slot changed (re-INVITE): join again
             self._join_audio(br)
+        elif isinstance(event, LegHold):
+            self._hold(br, leg, event.held)
         elif isinstance(event, (LegRinging, LegProgress, LegAnswered)):
             self._follow_peer(br)
         elif isinstance(event, LegDtmf) and br.relay_dtmf != "disabled" and event.method != "relay":
@@ -161,6 +178,64 @@ class Bridges:
         elif isinstance(event, LegEnded):
             self._detach(br, "call_bridge_removed_peer_ended", ended=leg)
             self._follow_rejection(leg, peer, event)
+
+    # ---- hold -----------------------------------------------------------------------------
+    def _hold(self, br: Bridge, holder: "FlowLeg", held: bool) -> None:
+        """`holder` put the call on hold (or resumed it): its peer is the held party."""
+        peer = br.peer_of(holder)
+        if held == (holder.id in br.holding):
+            return
+        if held:
+            br.holding.add(holder.id)
+        else:
+            br.holding.discard(holder.id)
+        src, dst = holder.leg.slot, peer.leg.slot
+        if held:
+            if src is not None and dst is not None:
+                conf.suspend(src, dst)
+            self._start_hold_music(br, holder, peer)
+        else:
+            self._stop_hold_music(br, holder)
+            if src is not None and dst is not None:
+                conf.resume(src, dst)
+        log.info("%s %s the call: %s %s", holder.id, "holds" if held else "resumed", peer.id,
+                 "hears hold music" if held and holder.id in br.hold_players else
+                 ("is held" if held else "hears it again"))
+        self.engine.tell(lambda o: o.held(holder.leg, peer.leg, held))
+
+    def _start_hold_music(self, br: Bridge, holder: "FlowLeg", peer: "FlowLeg") -> None:
+        if peer.leg.transport != "sip" or peer.leg.slot is None:
+            return  # an AI leg on hold gets silence: music would only make it talk
+        path = self.hold_music_path()
+        if path is None:
+            return
+        from ..media.players import PromptPlayer
+
+        try:
+            player = PromptPlayer(self.engine.ua, path, loop=True)
+        except (OSError, ValueError) as exc:
+            log.error("hold music %s cannot play: %s", path, exc)
+            return
+        player.play_to(peer.leg.slot)
+        br.hold_players[holder.id] = player
+
+    def _stop_hold_music(self, br: Bridge, holder: "FlowLeg") -> None:
+        player = br.hold_players.pop(holder.id, None)
+        if player is not None:
+            player.close()
+
+    def hold_music_path(self) -> Path | None:
+        """The WAV `media.hold_music` names (a tone rendered once), or None for `none`."""
+        setting = self.engine.ua.config.media.hold_music.strip()
+        if setting.lower() in ("", "none", "off"):
+            return None
+        if setting.startswith("tone:"):
+            from ..media.tones import TONE_PRESETS
+            name = setting[5:].strip()
+            return self.engine.media_resource.tones.cycle_file(TONE_PRESETS.get(name, name))  # type: ignore[attr-defined]
+        path = Path(setting)
+        path = path if path.is_absolute() else self.engine.ua.config.directories.prompts / path
+        return path if path.is_file() else None  # the default in a prompts folder without it
 
     def _follow_rejection(self, ended: "FlowLeg", survivor: "FlowLeg", event: LegEnded) -> None:
         """An outbound peer refused before it answered: the unanswered inbound leg is refused
@@ -231,6 +306,9 @@ class Bridges:
                 del self._by_leg[leg.id]
         for unsubscribe in br.unsubscribes:
             unsubscribe()
+        for holder in list(br.hold_players):
+            self._stop_hold_music(br, holder)
+        br.holding.clear()
         self._split_audio(br)
         self.engine.tell(lambda o: o.unbridged(br.a.leg, br.b.leg))
         for ticket in br.tickets:

@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping
+from ..media.tones import TONE_PRESETS as _TONE_PRESETS
 
 # ---------------------------------------------------------------------------------------------
 # Vocabulary (reference §2.1, §2.2)
@@ -55,11 +56,7 @@ INTERRUPT_REASONS = (
 SIP_CODECS = ("opus", "g722", "alaw", "mulaw", "g729")
 DTMF_METHODS = ("rfc2833", "info", "inband")
 DEFAULT_DTMF_METHODS = ("rfc2833", "info")
-TONE_PRESETS = MappingProxyType({
-    "ringback": "440+480/2000,0/4000",
-    "busy": "480+620/500,0/500",
-    "congestion": "480+620/250,0/250",
-})
+TONE_PRESETS = MappingProxyType(dict(_TONE_PRESETS))
 
 # core.if / core.switch condition operators per value type (n8n filter operators we support)
 _EXISTENCE = ("exists", "notExists", "empty", "notEmpty")

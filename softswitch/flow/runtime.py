@@ -91,6 +91,9 @@ class FlowObserver:
 
     def unbridged(self, a: "Leg", b: "Leg") -> None: ...
 
+    def held(self, holder: "Leg", peer: "Leg", held: bool) -> None:
+        """`holder`'s phone put its bridge on hold (`held`) or resumed it; `peer` is the held party."""
+
     def recording_finished(self, leg_id: str, path: str) -> None:
         """A file recorded from a leg is complete (call recording or media.recordAudio)."""
 

@@ -8,12 +8,21 @@ slot, because `connect`/`disconnect` repeat each change for the slot's mirrors. 
 in a `Bridge` owned by the UserAgent and carried by its thread (the only thread allowed to touch
 the bridge), so every caller of the module's `connect`/`disconnect` (players, flow bridges,
 tones, tests) gets mirroring without passing the UA around, and two UAs never share a table.
+
+Media updates: pjsua rebuilds a call's stream on most re-INVITEs and UPDATEs (hold, resume, a
+codec change, a new RTP address, the codec lock it sends itself after a multi-codec answer). The
+rebuilt stream is a new bridge port, often with the same slot number, and the old port's
+connections are gone. The table is also the record of what softswitch meant to connect, so a leg
+hands it every media update (`reapply` for the same slot, `move` for a new one) and every
+connection, mirror, player, tap and frame port of that leg is made again exactly as it was.
+Connections can be `suspend`ed (a held leg's audio into its peer) without leaving the table.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass, field
 
 import _softswitch_native as native
 
@@ -22,6 +31,22 @@ log = logging.getLogger("softswitch.media")
 # Stale sources (ports removed by pjsua, which drops their connections without telling us) are
 # pruned from a slot's source set when it grows past this.
 _PRUNE_AT = 16
+
+
+@dataclass
+class Wiring:
+    """What the table held for one port, kept while the port does not exist (a call on
+    `a=inactive` hold has no stream) and put back under the slot of the port that replaces it."""
+
+    sources: dict[int, float] = field(default_factory=dict)  # src -> level, into the port
+    destinations: dict[int, float] = field(default_factory=dict)  # dst -> level, out of it
+    mirrors: set[int] = field(default_factory=set)  # slots copying what is sent into the port
+    mirror_of: set[int] = field(default_factory=set)  # slots whose input this port copies
+    held_in: set[int] = field(default_factory=set)  # suspended sources into the port
+    held_out: set[int] = field(default_factory=set)  # suspended destinations out of it
+
+    def __bool__(self) -> bool:
+        return bool(self.sources or self.destinations or self.mirrors or self.mirror_of)
 
 
 class Bridge:
@@ -36,6 +61,8 @@ class Bridge:
     def __init__(self) -> None:
         self._sources: dict[int, dict[int, float]] = {}
         self._mirrors: dict[int, set[int]] = {}
+        # (src, dst) pairs kept in the table but not connected on the bridge (hold).
+        self._suspended: set[tuple[int, int]] = set()
 
     @staticmethod
     def install_on_current_thread() -> "Bridge":
@@ -46,7 +73,8 @@ class Bridge:
 
     # ---- wiring -----------------------------------------------------------------------------
     def connect(self, src: int, dst: int, level: float = 1.0) -> None:
-        native.conf_connect(src, dst, level)
+        if (src, dst) not in self._suspended:
+            native.conf_connect(src, dst, level)
         sources = self._sources.setdefault(dst, {})
         sources[src] = level
         if len(sources) > _PRUNE_AT:
@@ -56,7 +84,11 @@ class Bridge:
                 _quiet_connect(src, mirror, level)
 
     def disconnect(self, src: int, dst: int) -> None:
-        native.conf_disconnect(src, dst)
+        if self._suspended and (src, dst) in self._suspended:
+            self._suspended.discard((src, dst))
+            _quiet_disconnect(src, dst)
+        else:
+            native.conf_disconnect(src, dst)
         sources = self._sources.get(dst)
         if sources is not None:
             sources.pop(src, None)
@@ -76,6 +108,110 @@ class Bridge:
                 native.conf_adjust_conn_level(src, mirror, level)
             except RuntimeError as exc:
                 log.debug("mirror level %d -> %d failed: %s", src, mirror, exc)
+
+    # ---- hold -------------------------------------------------------------------------------
+    def suspend(self, src: int, dst: int) -> None:
+        """Stop src -> dst on the bridge but keep it in the table, so `resume` (or a media
+        update's `reapply`) knows what to restore. Mirrored copies stay: a recording of dst keeps
+        what dst is sent, and while suspended that is not src."""
+        if (src, dst) in self._suspended:
+            return
+        self._suspended.add((src, dst))
+        _quiet_disconnect(src, dst)
+        for mirror in self._mirrors.get(dst, ()):
+            if mirror != src:
+                _quiet_disconnect(src, mirror)
+
+    def resume(self, src: int, dst: int) -> None:
+        if (src, dst) not in self._suspended:
+            return
+        self._suspended.discard((src, dst))
+        level = self._sources.get(dst, {}).get(src)
+        if level is None:
+            return  # disconnected meanwhile: nothing to restore
+        _quiet_connect(src, dst, level)
+        for mirror in self._mirrors.get(dst, ()):
+            if mirror != src:
+                _quiet_connect(src, mirror, level)
+
+    def suspended(self, src: int, dst: int) -> bool:
+        return (src, dst) in self._suspended
+
+    # ---- media updates ----------------------------------------------------------------------
+    def reapply(self, slot: int) -> int:
+        """Make every connection into and out of `slot` again (and their mirrored copies), as
+        the table has them: the port behind `slot` was rebuilt and lost them. Connecting what is
+        still connected changes nothing. Returns how many connections were made."""
+        made = 0
+        for src, level in list(self._sources.get(slot, {}).items()):
+            if (src, slot) not in self._suspended:
+                made += _quiet_connect(src, slot, level)
+                for mirror in self._mirrors.get(slot, ()):
+                    if mirror != src:
+                        _quiet_connect(src, mirror, level)
+        for dst, sources in list(self._sources.items()):
+            level = sources.get(slot)
+            if level is None or dst == slot or (slot, dst) in self._suspended:
+                continue
+            made += _quiet_connect(slot, dst, level)
+            for mirror in self._mirrors.get(dst, ()):
+                if mirror != slot:
+                    _quiet_connect(slot, mirror, level)
+        return made
+
+    def detach(self, slot: int) -> "Wiring":
+        """Take everything the table holds for `slot` out of it (nothing is disconnected: the
+        port is already gone, and its number may be another port's by now). `attach` puts it
+        back under the slot of the port that replaces it."""
+        wiring = Wiring(sources=self._sources.pop(slot, {}), mirrors=self._mirrors.pop(slot, set()))
+        for dst in [d for d, srcs in self._sources.items() if slot in srcs]:
+            wiring.destinations[dst] = self._sources[dst].pop(slot)
+            if not self._sources[dst]:
+                del self._sources[dst]
+        for key in [k for k, mirrors in self._mirrors.items() if slot in mirrors]:
+            wiring.mirror_of.add(key)
+            self._mirrors[key].discard(slot)
+            if not self._mirrors[key]:
+                del self._mirrors[key]
+        for pair in [p for p in self._suspended if slot in p]:
+            self._suspended.discard(pair)
+            (wiring.held_in if pair[1] == slot else wiring.held_out).add(pair[0] if pair[1] == slot else pair[1])
+        return wiring
+
+    def attach(self, wiring: "Wiring", slot: int) -> int:
+        """The connections of a detached port, made again for the port now at `slot`."""
+        self._sources.setdefault(slot, {}).update(wiring.sources)
+        if not self._sources[slot]:
+            del self._sources[slot]
+        for dst, level in wiring.destinations.items():
+            self._sources.setdefault(dst, {})[slot] = level
+        if wiring.mirrors:
+            self._mirrors.setdefault(slot, set()).update(wiring.mirrors)
+        for key in wiring.mirror_of:
+            self._mirrors.setdefault(key, set()).add(slot)
+        self._suspended |= {(src, slot) for src in wiring.held_in} | {(slot, dst) for dst in wiring.held_out}
+        return self.reapply(slot)
+
+    def move(self, old: int, new: int) -> int:
+        """A rebuilt port got a new slot number: what `old` had now belongs to `new`."""
+        if old == new:
+            return self.reapply(new)
+        return self.attach(self.detach(old), new)
+
+    def forget(self, slot: int) -> None:
+        """The port behind `slot` is gone for good (its call ended, its player closed): drop it
+        from the table, so a later port given the same number inherits none of it."""
+        self._sources.pop(slot, None)
+        for dst in [d for d, srcs in self._sources.items() if slot in srcs]:
+            del self._sources[dst][slot]
+            if not self._sources[dst]:
+                del self._sources[dst]
+        self._mirrors.pop(slot, None)
+        for key in [k for k, mirrors in self._mirrors.items() if slot in mirrors]:
+            self._mirrors[key].discard(slot)
+            if not self._mirrors[key]:
+                del self._mirrors[key]
+        self._suspended = {pair for pair in self._suspended if slot not in pair}
 
     # ---- mirrors ----------------------------------------------------------------------------
     def add_mirror(self, slot: int, mirror: int) -> None:
@@ -108,6 +244,8 @@ class Bridge:
         if not sources:
             return {}
         for src in list(sources):
+            if (src, dst) in self._suspended:
+                continue  # held: not on the bridge, but still meant
             try:
                 alive = dst in native.conf_listeners(src)
             except RuntimeError:  # the source port is gone
@@ -120,11 +258,13 @@ class Bridge:
         return sources
 
 
-def _quiet_connect(src: int, dst: int, level: float = 1.0) -> None:
+def _quiet_connect(src: int, dst: int, level: float = 1.0) -> int:
     try:
         native.conf_connect(src, dst, level)
+        return 1
     except RuntimeError as exc:  # a mirror must never break the connection it copies
         log.debug("mirror connect %d -> %d failed: %s", src, dst, exc)
+        return 0
 
 
 def _quiet_disconnect(src: int, dst: int) -> None:
@@ -163,6 +303,30 @@ def adjust_level(src: int, dst: int, level: float) -> None:
         native.conf_adjust_conn_level(src, dst, level)
     else:
         bridge.adjust_level(src, dst, level)
+
+
+def suspend(src: int, dst: int) -> None:
+    """Hold src -> dst off the bridge, remembered for `resume` (see Bridge.suspend)."""
+    bridge = current()
+    if bridge is None:
+        _quiet_disconnect(src, dst)
+    else:
+        bridge.suspend(src, dst)
+
+
+def resume(src: int, dst: int, level: float = 1.0) -> None:
+    bridge = current()
+    if bridge is None:
+        native.conf_connect(src, dst, level)
+    else:
+        bridge.resume(src, dst)
+
+
+def forget(slot: int) -> None:
+    """The port at `slot` is gone for good: the table lets go of it (see Bridge.forget)."""
+    bridge = current()
+    if bridge is not None:
+        bridge.forget(slot)
 
 
 def listeners(slot: int) -> list[int]:

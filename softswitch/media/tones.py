@@ -33,6 +33,14 @@ DTMF_FREQS: dict[str, tuple[float, float]] = {
 _SEGMENT = re.compile(r"^(\d+(?:\.\d+)?(?:\+\d+(?:\.\d+)?)*)/(\d+)$")
 
 
+# Named call-progress cadences: media.playTone's presets, and `media.hold_music: tone:<name>`.
+TONE_PRESETS = {
+    "ringback": "440+480/2000,0/4000",
+    "busy": "480+620/500,0/500",
+    "congestion": "480+620/250,0/250",
+}
+
+
 class ToneSyntaxError(ValueError):
     """A custom tone that is not `freq[+freq]/ms,…`; the message says which segment and why."""
 

@@ -34,6 +34,14 @@ class LegMediaActive(LegEvent):
 
 
 @dataclass(frozen=True)
+class LegHold(LegEvent):
+    """The far end put the leg on hold (`held`: it sent a=sendonly or a=inactive) or resumed it
+    (a=sendrecv again). Bridges play hold music to the leg's peer meanwhile."""
+
+    held: bool
+
+
+@dataclass(frozen=True)
 class LegDtmf(LegEvent):
     digit: str
     method: str  # rfc2833 | info | inband

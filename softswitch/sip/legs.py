@@ -17,7 +17,7 @@ import _softswitch_native as native
 import pjsua2 as pj
 
 from . import srtp
-from .events import LegAnswered, LegDtmf, LegEnded, LegEvent, LegMediaActive, LegProgress, LegRinging
+from .events import LegAnswered, LegDtmf, LegEnded, LegEvent, LegHold, LegMediaActive, LegProgress, LegRinging
 
 if TYPE_CHECKING:
     from .endpoint import UserAgent
@@ -91,6 +91,10 @@ class Leg(LegBase):
         self.call = call
         self.status = LegStatus.CREATED
         self.slot: int | None = None
+        # The bridge table's record of this leg's connections while it has no port (a=inactive).
+        self._wiring = None
+        # Held by the far end (it sent a=sendonly or a=inactive): see LegHold.
+        self.held = False
         self.end_reason: str | None = None
         self._pending_end_reason: str | None = None
         self._listeners: list[Callable[[LegEvent], None]] = []
@@ -215,7 +219,10 @@ class Leg(LegBase):
             code = int(ci.lastStatusCode)
             reason = self._pending_end_reason or ("remote_hangup" if code < 300 or self.answered else f"sip_{code}")
             self.end_reason = reason
+            if self.slot is not None and self.ua.bridge is not None:
+                self.ua.bridge.forget(self.slot)  # pjsua removed the port; its number is free
             self.slot = None
+            self._wiring = None
             if self._enter(LegStatus.ENDED):
                 self._publish(LegEnded(self.id, reason, code))
             self.ua.call_soon(self._forget)
@@ -227,21 +234,75 @@ class Leg(LegBase):
         self._listeners.clear()
 
     def _on_media_state(self) -> None:
+        """Every media update (the answer, hold, resume, a codec change, a new RTP address,
+        pjsua's own codec-lock UPDATE, a re-INVITE with the same SDP) lands here. pjsua may have
+        rebuilt the stream as a new bridge port, with the same slot number or another, and the
+        old port's connections are gone either way: the UA's bridge table makes them again
+        for the port now there, so bridges, players, recorder taps and frame ports of this leg
+        stay exactly as the flow set them."""
         ci = self.call.getInfo()
+        slot: int | None = None
+        held = False
         for mi in ci.media:
-            if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status in (pj.PJSUA_CALL_MEDIA_ACTIVE,
-                                                                   pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
+            if mi.type != pj.PJMEDIA_TYPE_AUDIO:
+                continue
+            if mi.status in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
+                # The far end holds us when we may not send: a=sendonly (REMOTE_HOLD) or a=inactive
+                # (pjsua reports that ACTIVE with no direction, and has no stream at all).
+                held = mi.status == pj.PJSUA_CALL_MEDIA_REMOTE_HOLD or mi.dir == pj.PJMEDIA_DIR_NONE
                 try:
-                    slot = self.call.getAudioMedia(mi.index).getPortId()
-                except pj.Error:  # active per the SDP but no bridge port (a=inactive answered): no audio
-                    return
-                if slot != self.slot:
-                    self.slot = slot
-                    self._publish(LegMediaActive(self.id, slot))
-                return
+                    port = self.call.getAudioMedia(mi.index).getPortId()
+                    slot = port if port >= 0 else None
+                except pj.Error:  # active per the SDP but no bridge port (a=inactive): no audio now
+                    slot = None
+            break
+        self._rewire(slot)
+        if held != self.held:
+            self.held = held
+            log.info("%s: %s by the far end", self.id, "held" if held else "resumed")
+            self._publish(LegHold(self.id, held))
+
+    def _rewire(self, slot: int | None) -> None:
+        table = self.ua.bridge
+        previous = self.slot
+        if slot is None:
+            if previous is not None and table is not None:
+                self._wiring = table.detach(previous)  # kept until a port is back
+            self.slot = None
+            return
+        if table is not None:
+            if self._wiring is not None:
+                table.attach(self._wiring, slot)
+                self._wiring = None
+            elif previous is not None:
+                table.move(previous, slot)  # the same slot: reapplied
+        if slot != previous:
+            self.slot = slot
+            self._publish(LegMediaActive(self.id, slot))
 
     def _on_dtmf(self, digit: str, method: str) -> None:
         self._publish(LegDtmf(self.id, digit, method))
+
+
+# RFC 3551's static payload types of the codecs softswitch can carry.
+_STATIC_PAYLOADS = {"0": "PCMU", "8": "PCMA", "9": "G722"}
+
+
+def usable_audio(sdp: str, allowed: set[str]) -> bool:
+    """Whether an SDP offers no audio at all (or only disabled streams, port 0), or audio in at
+    least one of the `allowed` codec names (upper case)."""
+    offered = False
+    for block in re.split(r"\r?\n(?=m=)", sdp):
+        m = re.match(r"m=audio\s+(\d+)\s+\S+\s*(.*)", block)
+        if not m or m.group(1) == "0":
+            continue
+        offered = True
+        names = {pt: _STATIC_PAYLOADS.get(pt, "") for pt in m.group(2).split()}
+        for pt, name in re.findall(r"a=rtpmap:(\d+)\s+([^/\s]+)", block):
+            names[pt] = name.upper()
+        if any(name in allowed for name in names.values()):
+            return True
+    return not offered
 
 
 def _op(code: int) -> "pj.CallOpParam":
@@ -293,6 +354,19 @@ class SipCall(pj.Call):
     def onCallMediaState(self, prm) -> None:
         if self.leg is not None:
             self.ua.guard("onCallMediaState", self.leg._on_media_state)
+
+    def onCallRxOffer(self, prm) -> None:
+        """A re-INVITE or UPDATE offer in a live call. One with audio in no codec softswitch
+        allows is refused with 488 (RFC 3261 §13.3.1.1): pjsua would answer 500 and log an
+        error. The call then carries on with the media it had."""
+        self.ua.guard("onCallRxOffer", self._check_offer, prm)
+
+    def _check_offer(self, prm) -> None:
+        allowed = {c.upper() for c in self.ua.config.media.codecs} - {"TELEPHONE-EVENT"}
+        if not usable_audio(prm.offer.wholeSdp, allowed):
+            log.warning("%s: re-offer with no usable audio codec (allowed: %s): 488",
+                        self.leg.id if self.leg else "call", ", ".join(sorted(allowed)))
+            prm.statusCode = 488
 
     def onDtmfDigit(self, prm) -> None:
         if self.leg is not None:

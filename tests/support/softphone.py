@@ -70,6 +70,10 @@ class Linphone:
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _event_pos: int = 0
+    _playing: dict[str, Path] = field(default_factory=dict)
+    _watcher: threading.Thread | None = None
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _events_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # ---- life cycle ---------------------------------------------------------------------------
     def start(self, timeout: float = 15.0) -> "Linphone":
@@ -139,6 +143,7 @@ class Linphone:
             return "".join(self._lines)
 
     def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
@@ -269,20 +274,50 @@ class Linphone:
     def pop_events(self) -> list[Event]:
         """Events the daemon printed since the last call, oldest first (also kept in `events`).
         In pipe mode linphone-daemon writes each event to its output as it happens."""
-        text = self.output()
-        got: list[Event] = []
-        for m in self._EVENT.finditer(text, self._event_pos):
-            fields = dict(line.split(": ", 1) for line in m.group(2).splitlines() if ": " in line)
-            got.append(Event(m.group(1), fields))
-            self._event_pos = m.end()
-        self.events.extend(got)
-        return got
+        with self._events_lock:
+            text = self.output()
+            got: list[Event] = []
+            for m in self._EVENT.finditer(text, self._event_pos):
+                fields = dict(line.split(": ", 1) for line in m.group(2).splitlines() if ": " in line)
+                got.append(Event(m.group(1), fields))
+                self._event_pos = m.end()
+            self.events.extend(got)
+            return got
 
-    def wait_event(self, state: str, call_id: str = "", timeout: float = 15.0) -> Event:
-        """Until the daemon reports `state` (a call or registration state) for `call_id` (any)."""
+    def keep_playing(self, wav: Path | str, call_id: str) -> None:
+        """Play `wav` into the call now and again whenever linphone restarts the call's streams
+        (after hold, resume or any re-INVITE its in-call player stops with the old stream)."""
+        self._playing[call_id] = Path(wav)
+        self.play(wav, call_id)
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._replay, name=f"{self.name}-player", daemon=True)
+            self._watcher.start()
+
+    def _replay(self) -> None:
+        seen = len(self.events)
+        while not self._stopping.wait(0.05) and self.proc is not None and self.proc.poll() is None:
+            self.pop_events()
+            fresh, seen = self.events[seen:], len(self.events)
+            for event in fresh:
+                wav = self._playing.get(event.call_id)
+                if wav is not None and event.state == "LinphoneCallStreamsRunning":
+                    try:
+                        self.play(wav, event.call_id)
+                    except SoftphoneError:
+                        pass  # the call ended meanwhile
+
+    def mark(self) -> int:
+        """A position in the event history: `wait_event(..., since=mark)` sees only later events."""
+        self.pop_events()
+        return len(self.events)
+
+    def wait_event(self, state: str, call_id: str = "", timeout: float = 15.0, since: int = 0) -> Event:
+        """Until the daemon reports `state` (a call or registration state) for `call_id` (any),
+        among the events after `since` (see `mark`)."""
         deadline = time.monotonic() + timeout
         while True:
-            for event in [*self.events, *self.pop_events()]:
+            self.pop_events()
+            for event in self.events[since:]:
                 if event.state == state and (not call_id or event.call_id == call_id):
                     return event
             if time.monotonic() > deadline:
