@@ -19,16 +19,13 @@ import pytest
 import soundfile as sf
 
 from tests.support import softphone
-from tests.support.audio import tone
 from tests.support.callcentre import heard, json_lines
-from tests.support.capture import LoopbackCapture
-from tests.support.ports import free_port, free_port_block
-from tests.support.server import ServerProcess
+from tests.support.interop import AGENT_HZ, CALLER_HZ, demo_server, phones, rtp_capture, tone_wav
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop,
               pytest.mark.skipif(not softphone.available(), reason="linphone-daemon is not installed")]
 
-CALLER_HZ, AGENT_HZ = 440, 1000
 # SDES with the key exchange in the (TLS-protected) SDP; mandatory: no plain RTP fallback.
 SRTP_PHONE = {"sip": {"media_encryption": "srtp", "media_encryption_mandatory": "1"}}
 
@@ -42,59 +39,31 @@ def make_certificate(tmp_path: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def tls_demo(tmp_path: Path, **settings: object) -> tuple[ServerProcess, int]:
-    """The built-in default config (the demo flows) with TLS on a free port; returns (server, tls port)."""
+def tls_settings(tmp_path: Path, tls_port: int) -> dict[str, object]:
+    """--set pairs turning TLS on (the certificate before the port: each --set is checked as applied)."""
     cert, key = make_certificate(tmp_path)
-    port, tls_port, rtp = free_port("both"), free_port("tcp"), free_port_block(400, "udp")
-    overrides: dict[str, object] = {
-        "sip.udp_port": port, "sip.tcp_port": port, "sip.rtp_port_start": rtp, "sip.rtp_port_count": 400,
-        # The certificate before the port: every --set is checked as it is applied.
-        "sip.tls.certificate": cert, "sip.tls.private_key": key, "sip.tls_port": tls_port,
-        "registrar.algorithms": "[MD5]",
-        "directories.recordings": tmp_path / "recordings", "directories.state": tmp_path / "state",
-        "records.call_records": tmp_path / "calls.jsonl", "records.queue_events": tmp_path / "queue.jsonl",
-        **settings,
-    }
-    args = [a for key_, value in overrides.items() for a in ("--set", f"{key_}={value}")]
-    return ServerProcess(None, args, port=port).start(), tls_port
-
-
-def wav(tmp_path: Path, name: str, freq: float, seconds: float = 40.0) -> Path:
-    path = tmp_path / f"{name}.wav"
-    sf.write(path, tone(freq, seconds), 8000, subtype="PCM_16")
-    return path
-
-
-def phone(tmp_path: Path, name: str, **kw) -> softphone.Linphone:
-    return softphone.Linphone(tmp_path / name, name=name, transport="tls", settings=SRTP_PHONE, **kw).start()
+    return {"sip__tls__certificate": cert, "sip__tls__private_key": key, "sip__tls_port": tls_port}
 
 
 def test_tls_registration_and_a_tls_srtp_call_through_the_demo(tmp_path):
-    server, tls_port = tls_demo(tmp_path, **{"trunks.trunk_main.srtp": "mandatory",
-                                            "extension_sets": "{internal: {srtp: mandatory}}"})
-    agent = caller = None
-    try:
-        agent = phone(tmp_path, "agent1001", auto_answer=True)
-        reg = agent.register("1001", "pass1001", f"127.0.0.1:{tls_port}")
-        agent.wait_registered(reg)
-        caller = phone(tmp_path, "caller", user="5551234")
-        ports = f"{caller.rtp_port}-{caller.rtp_port + 19}"
-        with LoopbackCapture(f"udp and dst portrange {ports}", tmp_path / "to-caller.pcap") as cap:
+    tls_port = free_port("tcp")
+    secure = {"trunks__trunk_main__srtp": "mandatory", "extension_sets": "{internal: {srtp: mandatory}}"}
+    with demo_server(tmp_path, **tls_settings(tmp_path, tls_port), **secure) as server, \
+            phones(tmp_path, dict(name="agent1001", transport="tls", auto_answer=True, settings=SRTP_PHONE),
+                   dict(name="caller", user="5551234", transport="tls", settings=SRTP_PHONE)) as (agent, caller):
+        agent.wait_registered(agent.register("1001", "pass1001", f"127.0.0.1:{tls_port}"), 10)
+        with rtp_capture(tmp_path, caller, name="to-caller") as cap:
             call_id = caller.call(f"sip:support@127.0.0.1:{tls_port};transport=tls")
             caller.wait_call_state("LinphoneCallStreamsRunning", call_id)
-            caller.play(wav(tmp_path, "caller", CALLER_HZ), call_id)
+            caller.play(tone_wav(tmp_path / "caller.wav", CALLER_HZ), call_id)
             time.sleep(1.0)  # the menu prompt has started
             caller.dtmf("1")
-            agent_call = agent.wait_incoming(timeout=20)
+            agent_call = agent.wait_incoming(timeout=20)  # over TLS: the agent listens on nothing else
             agent.wait_call_state("LinphoneCallStreamsRunning", agent_call)
-            agent.play(wav(tmp_path, "agent", AGENT_HZ), agent_call)
+            agent.play(tone_wav(tmp_path / "agent.wav", AGENT_HZ), agent_call)
             time.sleep(5.0)  # bridged talk
             caller.terminate(call_id)
             caller.wait_event("LinphoneCallEnd", call_id, timeout=10)
-    finally:
-        for p in (caller, agent):
-            if p is not None:
-                p.stop()
         server.stop()
     records = [r for r in json_lines(tmp_path / "calls.jsonl") if r.get("from") == "5551234"]
     assert len(records) == 1, (records, server.text()[-4000:])

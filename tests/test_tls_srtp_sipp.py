@@ -143,3 +143,60 @@ def test_garbage_on_the_tls_port_leaves_the_process_and_a_live_call_unchanged(se
     # Every half second of the call, garbage or not, carries the caller's tone.
     for start in range(0, len(caller_channel) - window, window):
         assert heard(caller_channel[start:start + window], CALLER_HZ, window=window), f"gap at {start / rate:.1f} s"
+
+
+DIAL_OUT_FLOW = """
+name: dial-out
+triggers:
+  - name: trunk_main
+    trigger: trunk
+    params: {ref: trunk_main}
+    next: {Call: [answer]}
+nodes:
+  - name: answer
+    op: call.answer
+    next: {Result: [dial]}
+  - name: dial
+    op: dial.make
+    params: {callMode: trunk, ref: trunk_main, destination: "2000"}
+    next: {Result: [wait]}
+  - name: wait
+    op: dial.wait
+    params: {dialTimeoutSeconds: 10}
+    next: {Answered: [bridge]}
+  - name: bridge
+    op: call.bridge
+    params: {legAId: "{{ $('trunk_main').item.json.legId }}", legBId: "{{ $json.legId }}"}
+    next: {Success: [talk]}
+  - name: talk
+    op: call.wait
+    params: {timeoutSeconds: 30}
+"""
+
+
+def test_a_connection_over_tls_with_mandatory_srtp_carries_the_bridged_audio(server_factory, tmp_path):
+    """softswitch A dials through a `transport: tls`, `srtp: mandatory` connection to softswitch B
+    (a provider whose trunk requires SRTP); what A's plain caller says is on B's recording."""
+    cert, key = make_certificate(tmp_path)
+    tls = {"certificate": str(cert), "private_key": str(key)}
+    b_tls = free_port("tcp")
+    provider = answering_server(server_factory, tmp_path, sip={"tls_port": b_tls, "tls": tls},
+                                directories={"recordings": str(tmp_path / "provider-rec")},
+                                trunks={"trunk_main": {"address": "127.0.0.1", "port": 0, "srtp": "mandatory"}})
+    caller_port = free_port("both")
+    flow = tmp_path / "dial-out.yaml"
+    flow.write_text(DIAL_OUT_FLOW)
+    dialler = server_factory(flows=[str(flow)], sip={"tls_port": free_port("tcp"), "tls": tls},
+                   directories={"recordings": str(tmp_path / "a-rec")},
+                   connections={"provider": {"sip_server": "127.0.0.1", "port": b_tls, "transport": "tls",
+                                             "srtp": "mandatory"}},
+                   trunks={"trunk_main": {"address": "127.0.0.1", "port": caller_port, "connection": "provider"}})
+    caller = uac_call(f"127.0.0.1:{dialler.sip_port}", pcap_of(tmp_path, "caller", CALLER_HZ, 8),
+                      local_port=caller_port, hold_ms=6000, timeout_s=20)
+    with caller:
+        result = caller.wait(20)
+    assert result.ok, str(result)
+    provider.stop()
+    (recording,) = (tmp_path / "provider-rec").glob("leg_*.wav")
+    audio, rate = sf.read(recording, dtype="int16")
+    assert heard(audio[:, 0], CALLER_HZ), "the provider did not receive the caller's audio over SRTP"

@@ -194,7 +194,8 @@ class Dialer:
                 raise DialError(f"dynamic trunk {trunk_ref!r} has no live registration: it must register to "
                                 f"softswitch (as {trunk.username!r}) before calls can be sent to it")
             uri = _with_user(binding.target_uri, user)
-            account, cache_key = self._local_account(caller_number, caller_name, trunk.srtp)
+            account, cache_key = self._local_account(caller_number, caller_name, trunk.srtp,
+                                                     tls=binding.transport.upper() == "TLS")
             extra += self._pai(caller_number, caller_name, self._local_host())
         else:
             if trunk.connection is None:
@@ -246,9 +247,10 @@ class Dialer:
         The endpoint is checked again first: a sequential dial rings endpoints planned seconds
         ago, which may have unregistered or (with `only_free`) started another call since."""
         extra = _checked_headers(headers)
-        # Checks the caller ID first; SRTP as the phone's extension set wants it.
+        # Checks the caller ID first; SRTP as the phone's extension set wants it, TLS if it registered so.
         account, cache_key = self._local_account(caller_number, caller_name,
-                                                 srtp.extension_set_use(self.config, endpoint.binding.group))
+                                                 srtp.extension_set_use(self.config, endpoint.binding.group),
+                                                 tls=endpoint.binding.transport.upper() == "TLS")
         extensions = self.ua.extensions
         current = extensions.endpoints(endpoint.number, only_free=only_free)
         if not any(b.contact == endpoint.binding.contact for b in current):
@@ -360,19 +362,22 @@ class Dialer:
         return account, key
 
     def _local_account(self, number: str | None, name: str | None,
-                       srtp_use: str | None = None) -> tuple["pj.Account", tuple[str, ...] | None]:
-        """The LocalAccount, or a cached local identity carrying the caller ID and SRTP use
-        (pjsua2 2.12 sets SRTP per account only; see sip/srtp.py). None: the LocalAccount's."""
+                       srtp_use: str | None = None, tls: bool = False) -> tuple["pj.Account", tuple[str, ...] | None]:
+        """The LocalAccount, or a cached local identity carrying the caller ID, SRTP use
+        (pjsua2 2.12 sets SRTP per account only; see sip/srtp.py; None: the LocalAccount's) and,
+        for phones registered over TLS, the TLS listener (see trunks.account_config)."""
         srtp_use = srtp_use or self.ua.account.srtp_use
-        if not number and not name and srtp_use == self.ua.account.srtp_use:
+        tls = tls and self.ua.tls_transport_id is not None
+        if not number and not name and srtp_use == self.ua.account.srtp_use and not tls:
             return self.ua.account, None
         number, name = _caller_number(number), _caller_name(name)
         key: tuple[str, ...] = ("", number or "", name or "")
-        if srtp_use != srtp.DISABLED:
-            key += (srtp_use,)
+        if srtp_use != srtp.DISABLED or tls:
+            key += (srtp_use, "tls" if tls else "")
         uri = f"sip:{number or 'softswitch'}@{self._local_host()}"
         id_uri = f'"{quote_display_name(name)}" <{uri}>' if name else uri
-        account = self._caller_ids.get(key, lambda: account_config(self.ua, id_uri=id_uri, srtp_use=srtp_use))
+        account = self._caller_ids.get(key, lambda: account_config(self.ua, id_uri=id_uri, srtp_use=srtp_use,
+                                                                   tls=tls))
         return account, key
 
     def _local_host(self) -> str:

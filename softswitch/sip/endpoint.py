@@ -178,6 +178,9 @@ class UserAgent:
         self.bridge = None  # media.bridge.Bridge: mirrors for call recordings (set on the UA thread)
         self._log_writer = None
         self.listen: ListenInfo | None = None
+        # pjsua transport id of the TLS listener: accounts that open TLS connections must name it
+        # (this pjproject opens a new TLS connection only through an explicitly chosen listener).
+        self.tls_transport_id: int | None = None
         self.loop_stats = LoopStats()
         self.cycles = CycleCollector()
         self._leg_watchers: list[LegWatcher] = []
@@ -399,7 +402,8 @@ class UserAgent:
                 f"{exc.reason or exc.info()}; is another process using the port?") from None
         if cfg.sip.tls_port:
             try:
-                ep.transportCreate(pj.PJSIP_TRANSPORT_TLS, self._tls_transport_config(addr, public))
+                self.tls_transport_id = ep.transportCreate(pj.PJSIP_TRANSPORT_TLS,
+                                                           self._tls_transport_config(addr, public))
             except pj.Error as exc:
                 raise StartupError(
                     f"cannot listen for SIP over TLS on {addr}:{cfg.sip.tls_port}: {exc.reason or exc.info()}; "

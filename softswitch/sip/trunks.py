@@ -49,11 +49,13 @@ class RegistrationStatus:
 
 def account_config(ua: "UserAgent", *, id_uri: str, connection: "Connection | None" = None,
                    route_token: str | None = None, register: bool = False,
-                   srtp_use: str | None = None) -> "pj.AccountConfig":
+                   srtp_use: str | None = None, tls: bool = False) -> "pj.AccountConfig":
     """An AccountConfig for outbound calls (and a registration when `register`).
 
     With a connection: its credentials, proxy, advertised domain and SRTP use. Without: a local
-    identity (extension calls) with `srtp_use` (default disabled). RTP always uses the configured
+    identity (extension calls) with `srtp_use` (default disabled). `tls` (and a connection with
+    `transport: tls`) binds the account to the TLS listener: this pjproject opens new TLS
+    connections only through a listener named by the account. RTP always uses the configured
     port range, as the LocalAccount does."""
     sip = ua.config.sip
     acfg = pj.AccountConfig()
@@ -66,6 +68,8 @@ def account_config(ua: "UserAgent", *, id_uri: str, connection: "Connection | No
     acfg.natConfig.sipOutboundUse = 0  # no RFC 5626 instance params: keep our Contact plain
     acfg.regConfig.registerOnAdd = False
     srtp.apply(acfg.mediaConfig, srtp_use or (connection.srtp if connection is not None else srtp.DISABLED))
+    if (tls or (connection is not None and connection.transport == "tls")) and ua.tls_transport_id is not None:
+        acfg.sipConfig.transportId = ua.tls_transport_id
     if connection is None:
         return acfg
 
