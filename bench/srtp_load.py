@@ -27,6 +27,10 @@ SRTP_USE = {"disabled": pj.PJMEDIA_SRTP_DISABLED, "optional": pj.PJMEDIA_SRTP_OP
             "mandatory": pj.PJMEDIA_SRTP_MANDATORY}
 
 
+PJ_EADDRINUSE = 120098  # PJ_STATUS_FROM_OS(EADDRINUSE)
+ADDRESS_IN_USE_RETRIES = 3
+
+
 class LoadCall(pj.Call):
     def __init__(self, load: "Load", account: pj.Account) -> None:
         super().__init__(account)
@@ -36,10 +40,12 @@ class LoadCall(pj.Call):
         self.hung_up_by_us = False
         self.stats: dict | None = None
         self.last_code = 0
+        self.error = ""  # why makeCall failed, or the last status text
 
     def onCallState(self, prm) -> None:
         info = self.getInfo()
         self.last_code = int(info.lastStatusCode)
+        self.error = str(info.lastReason)
         if info.state == pj.PJSIP_INV_STATE_CONFIRMED and self.answered_at is None:
             self.answered_at = time.monotonic()
         elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
@@ -99,12 +105,7 @@ class Load:
         while time.monotonic() < deadline:
             now = time.monotonic()
             while len(self.calls) < a.calls and len(self.calls) <= (now - start) * a.rate:
-                call = LoadCall(self, self.caller)
-                self.calls.append(call)
-                try:
-                    call.makeCall(uri, pj.CallOpParam(True))
-                except pj.Error:
-                    call.ended = True
+                self.calls.append(self.place(uri))
             for call in self.calls:
                 if (call.answered_at is not None and not call.hung_up_by_us and not call.ended
                         and now - call.answered_at >= a.hold):
@@ -113,8 +114,22 @@ class Load:
                 break
             self.ep.libHandleEvents(5)
         return {"calls": [{"answered": c.answered_at is not None, "ended_by_us": c.hung_up_by_us,
-                           "code": c.last_code, "rx": c.stats} for c in self.calls],
+                           "code": c.last_code, "reason": c.error, "rx": c.stats} for c in self.calls],
                 "seconds": round(time.monotonic() - start, 1)}
+
+    def place(self, uri: str) -> LoadCall:
+        """One call; an RTP port another process took since the block was chosen (the machine is
+        shared) is the load generator's problem, not the server's: try the next ports."""
+        for _ in range(ADDRESS_IN_USE_RETRIES):
+            call = LoadCall(self, self.caller)
+            try:
+                call.makeCall(uri, pj.CallOpParam(True))
+                return call
+            except pj.Error as exc:
+                call.ended, call.error = True, exc.info()
+                if exc.status != PJ_EADDRINUSE:
+                    break
+        return call
 
     def close(self) -> None:
         self.ep.hangupAllCalls()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,7 @@ class Step:
     cpu_per_call: float
     load_cpu_percent: float  # the load generator, for context (it shares the machine)
     clean: bool
+    failures: dict | None = None  # final SIP status of calls not answered: count
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:
@@ -109,13 +111,16 @@ def run_step(kind: str, n: int, tmp: Path, prompts: Path, caller_wav: Path, cert
     step_dir = Path(tempfile.mkdtemp(prefix=f"{kind}-{n}-", dir=tmp))
     secure = kind == "tls_srtp"
     tls_port = free_port("tcp")
-    sip: dict = {"rtp_port_start": free_port_block(2000), "rtp_port_count": 2000}
+    # One block for both RTP ranges: two blocks chosen apart can overlap, since the server binds
+    # its ports only as calls arrive.
+    server_rtp = free_port_block(4000)
+    rtp = server_rtp + 2000
+    sip: dict = {"rtp_port_start": server_rtp, "rtp_port_count": 2000}
     sections: dict = {"directories": {"prompts": str(prompts)}, "logging": {"level": "warning"}}
     if secure:
         sip.update({"tls_port": tls_port, "tls": {"certificate": str(cert[0]), "private_key": str(cert[1])}})
         sections["trunks"] = {"trunk_main": {"address": "127.0.0.1", "port": 0, "srtp": "mandatory"}}
     server = ServerProcess(write_test_config(step_dir, sip=sip, **sections), ["--record"]).start()
-    rtp = free_port_block(2000)
     client_port = free_port("udp")
     target = f"127.0.0.1:{tls_port if secure else server.sip_port}"
     cmd = [sys.executable, str(REPO / "bench" / "srtp_load.py"), "--target", target,
@@ -143,6 +148,8 @@ def run_step(kind: str, n: int, tmp: Path, prompts: Path, caller_wav: Path, cert
         del packets
     finally:
         server.stop()
+        (step_dir / "server.log").write_text(server.text())
+        (step_dir / "load.log").write_text("".join(out))
     lines = [line for line in out if line.startswith("{")]
     if not lines:
         raise RuntimeError(f"the load generator printed no result:\n{''.join(out)[-3000:]}")
@@ -155,19 +162,26 @@ def run_step(kind: str, n: int, tmp: Path, prompts: Path, caller_wav: Path, cert
     encryption_seen = toned == 0 if secure else toned >= n
     clean = (answered == n and ended == n and streams >= n and p99 < CLEAN_GAP_P99_MS and loss < MAX_LOSS
              and encryption_seen)
+    failures: dict[str, int] = {}
+    for c in calls:
+        if not c["answered"]:
+            why = f'{c["code"]} {c.get("reason", "")}'.strip()
+            failures[why] = failures.get(why, 0) + 1
     return Step(kind, n, answered, ended, streams, round(p99, 2), round(gmax, 2), round(loss, 5), toned,
-                round(cpu_percent, 1), round(cpu_percent / n, 3), round(load_percent, 1), clean)
+                round(cpu_percent, 1), round(cpu_percent / n, 3), round(load_percent, 1), clean, failures or None)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", default="50,100,150,200,250", help="comma-separated concurrency steps, ascending")
+    ap.add_argument("--steps", default="300,350,400,450,500", help="comma-separated concurrency steps, ascending")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="which of plain,tls_srtp to run")
+    ap.add_argument("--keep", action="store_true", help="keep the step directories (logs, captures)")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "tls_srtp_capacity.json"))
     args = ap.parse_args()
     steps = [int(s) for s in args.steps.split(",")]
     results: list[Step] = []
-    with tempfile.TemporaryDirectory(prefix="tls-srtp-capacity-") as tmp_name:
-        tmp = Path(tmp_name)
+    tmp = Path(tempfile.mkdtemp(prefix="tls-srtp-capacity-"))
+    try:
         prompts = tmp / "prompts"
         prompts.mkdir()
         sf.write(prompts / "welcome.wav", tone(PROMPT_HZ, HOLD_S + 20, amplitude=0.1), 8000, subtype="PCM_16")
@@ -176,7 +190,7 @@ def main() -> int:
         cert = make_certificate(tmp)
         stopped: set[str] = set()
         for n in steps:
-            for kind in KINDS:
+            for kind in args.kinds.split(","):
                 if kind in stopped:
                     continue
                 step = run_step(kind, n, tmp, prompts, caller_wav, cert)
@@ -184,12 +198,18 @@ def main() -> int:
                 print(f"{kind:8s} {n:4d} concurrent: {step.answered}/{n} answered, {step.ended_by_us} ended by us, "
                       f"{step.streams} streams ({step.decodable_streams} decodable), RTP gap p99 {step.gap_p99_ms} ms "
                       f"(max {step.gap_max_ms}), rx loss {step.rx_loss:.3%}, softswitch CPU {step.cpu_percent}% "
-                      f"({step.cpu_per_call}%/call), load generator CPU {step.load_cpu_percent}% "
-                      f"-> {'clean' if step.clean else 'NOT clean'}", flush=True)
+                      f"({step.cpu_per_call}%/call), load generator CPU {step.load_cpu_percent}%"
+                      + (f", not answered: {step.failures}" if step.failures else "")
+                      + f" -> {'clean' if step.clean else 'NOT clean'}", flush=True)
                 if not step.clean:
                     stopped.add(kind)
-            if len(stopped) == len(KINDS):
+            if len(stopped) == len(args.kinds.split(",")):
                 break
+    finally:
+        if args.keep:
+            print(f"step directories (server and load generator logs, captures) kept in {tmp}", flush=True)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     plain = ceiling([s for s in results if s.kind == "plain"])  # capacity.ceiling reads .concurrency/.clean
     secure = ceiling([s for s in results if s.kind == "tls_srtp"])
     ratio = secure / plain if plain else 0.0
