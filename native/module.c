@@ -184,6 +184,9 @@ static PyMethodDef methods[] = {
     {"player_seamless_loop", player_seamless_loop, METH_O, "player_seamless_loop(slot): a looping file player rewinds without an empty frame (no end-of-file callback)."},
     {"rtp_cursor_enter", rtp_cursor_enter, METH_O, "rtp_cursor_enter(acc_id): the account's next RTP port continues from the shared outbound cursor."},
     {"rtp_cursor_leave", rtp_cursor_leave, METH_O, "rtp_cursor_leave(acc_id) -> port: remember where the account's cursor is now."},
+    {"transfer_install", ss_transfer_install, METH_O, "transfer_install(handler or None): take in-dialog REFERs before pjsua; handler(handle, call_id, refer_to, referred_by) -> SIP code (2xx accepts: 202 and NOTIFY 100)."},
+    {"transfer_notify", ss_transfer_notify, METH_VARARGS, "transfer_notify(handle, code, reason, final) -> bool: NOTIFY the referrer with a sipfrag status line."},
+    {"dialog_call", ss_dialog_call, METH_VARARGS, "dialog_call(call_id, tag1, tag2) -> pjsua call id or -1 (Replaces)."},
     {"limits", limits, METH_NOARGS, "The compile-time limits of the pjproject build this module uses."},
     {NULL}};
 

@@ -123,6 +123,7 @@ typedef struct binding {
     char transport[8];
     char *user_agent;
     int nat;              /* Contact host:port differs from where the REGISTER came from */
+    ss_ka_binding_t ka;   /* keep-alives (keepalive.c) */
 } binding_t;
 
 typedef struct aor {
@@ -210,6 +211,7 @@ typedef struct {
     retrans_slot_t retrans[RETRANS_SLOTS];
     PyObject *events; /* list */
     long nat_bindings; /* live bindings behind NAT: when 0, no Contact needs fixing */
+    ss_ka_t keepalive;  /* keep-alives to bindings: policy, OPTIONS in flight, counters */
     /* Overload control (limits of 0 are off). live_inbound is set by Python every loop turn;
      * passed_since_sync counts the INVITEs admitted since, which have no leg in that count yet. */
     unsigned max_concurrent, retry_after;
@@ -603,15 +605,19 @@ static void binding_free(binding_t *b) {
     memset(b, 0, sizeof(*b));
 }
 
+static void keepalive_dict_fields(PyObject *d, const binding_t *b);
+
 static PyObject *binding_dict(aor_t *a, binding_t *b) {
     pj_uint64_t now = now_ms();
     long remaining = b->expires_at > now ? (long)((b->expires_at - now + 999) / 1000) : 0;
-    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:l,s:K,s:s,s:i,s:s,s:s,s:O,s:d,s:s}", "username", a->username,
+    PyObject *d = Py_BuildValue("{s:s,s:s,s:s,s:s,s:l,s:K,s:s,s:i,s:s,s:s,s:O,s:d,s:s}", "username", a->username,
                          "extension", a->extension, "group", a->group, "contact", b->contact, "expires",
                          remaining, "registered_at_ms", (unsigned long long)b->registered_at, "source_ip",
                          b->source_ip, "source_port", b->source_port, "transport", b->transport,
                          "user_agent", b->user_agent ? b->user_agent : "", "nat", b->nat ? Py_True : Py_False,
                          "q", b->q1000 / 1000.0, "call_id", b->call_id);
+    keepalive_dict_fields(d, b);
+    return d;
 }
 
 static void remove_binding(RegistrarObject *r, aor_t *a, int i, const char *why) {
@@ -665,6 +671,8 @@ static void add_contacts_to_response(aor_t *a, pjsip_tx_data *tdata) {
     pj_strdup2(tdata->pool, &dvalue, date);
     pjsip_msg_add_hdr(tdata->msg, (pjsip_hdr *)pjsip_generic_string_hdr_create(tdata->pool, &dname, &dvalue));
 }
+
+static void keepalive_on_register(RegistrarObject *r, aor_t *a, binding_t *b, int is_new);
 
 static unsigned requested_expires(RegistrarObject *r, pjsip_contact_hdr *c, pjsip_expires_hdr *eh) {
     if (c && c->expires != PJSIP_EXPIRES_NOT_SPECIFIED) return c->expires;
@@ -798,6 +806,7 @@ static void handle_register(RegistrarObject *r, pjsip_rx_data *rdata, source_slo
             if (b->nat) r->nat_bindings--;
             b->nat = contact_is_natted(c->uri, rdata);
             if (b->nat) r->nat_bindings++;
+            keepalive_on_register(r, a, b, is_new);
             WITH_GIL(push_event(r, is_new ? "registered" : "refreshed", binding_dict(a, b)));
         }
     }
@@ -833,6 +842,16 @@ static void fix_nated_contact(RegistrarObject *r, pjsip_rx_data *rdata) {
     pjsip_sip_uri *sip = (pjsip_sip_uri *)pjsip_uri_get_uri(c->uri);
     pj_strdup2(rdata->tp_info.pool, &sip->host, rdata->pkt_info.src_name);
     sip->port = rdata->pkt_info.src_port;
+}
+
+/* Responses go back to where a request came from (RFC 3581 rport, forced as NAT-aware servers do):
+ * a phone behind NAT names its private port in Via, and without rport RFC 3261 would answer
+ * there, where nothing arrives. Over connections the response uses the connection anyway. */
+static void respond_to_source(pjsip_rx_data *rdata) {
+    pjsip_via_hdr *via = rdata->msg_info.via;
+    if (!via || rdata->msg_info.msg->type != PJSIP_REQUEST_MSG || via->maddr_param.slen) return;
+    if (PJSIP_TRANSPORT_IS_RELIABLE(rdata->tp_info.transport)) return;
+    if (via->rport_param <= 0) via->rport_param = rdata->pkt_info.src_port;
 }
 
 /* ---- SIP INFO DTMF (added for the flow layer's DTMF relay) ------------------------------------ */
@@ -972,6 +991,7 @@ static pj_bool_t nat_on_rx(pjsip_rx_data *rdata) {
         if (rdata->msg_info.msg->type == PJSIP_RESPONSE_MSG ||
             rdata->msg_info.msg->line.req.method.id != PJSIP_REGISTER_METHOD)
             fix_nated_contact(the_registrar, rdata);
+        respond_to_source(rdata);
         dtmf_info_as_relay(rdata);
         pjsip_msg *msg = rdata->msg_info.msg;
         if (sanitize_sdp_addresses(rdata) && msg->type == PJSIP_REQUEST_MSG &&
@@ -1361,6 +1381,177 @@ static pj_bool_t on_rx_request(pjsip_rx_data *rdata) {
 #define UA_ONLY(ret) \
     if (ss_require_pj_thread()) return ret
 
+/* ---- keep-alives: the registrar's side (sending is in keepalive.c) ---------------------------- */
+
+static void keepalive_dict_fields(PyObject *d, const binding_t *b) {
+    if (!d) return;
+    PyObject *reachable = b->ka.unreachable ? Py_False : Py_True;
+    PyObject *failures = PyLong_FromUnsignedLong(b->ka.failures);
+    if (PyDict_SetItemString(d, "reachable", reachable) < 0 ||
+        (failures && PyDict_SetItemString(d, "keepalive_failures", failures) < 0))
+        PyErr_Clear();
+    Py_XDECREF(failures);
+}
+
+/* A new binding gets its id and first keep-alive one interval from now; a refresh (the phone just
+ * reached us, and its REGISTER refreshed the NAT mapping) makes an unreachable binding reachable. */
+static void keepalive_on_register(RegistrarObject *r, aor_t *a, binding_t *b, int is_new) {
+    ss_ka_t *ka = &r->keepalive;
+    if (is_new || !b->ka.id) {
+        b->ka.id = ++ka->next_id;
+        b->ka.next_at = now_ms() + ka->interval_ms;
+        return;
+    }
+    b->ka.failures = 0;
+    if (b->ka.unreachable) {
+        b->ka.unreachable = 0;
+        WITH_GIL(push_event(r, "reachable", binding_dict(a, b)));
+    }
+}
+
+void ss_registrar_keepalive_result(const char *username, pj_uint64_t binding_id, int answered, int code) {
+    RegistrarObject *r = the_registrar;
+    if (!r) return;
+    aor_t *a = find_aor(r, username, 0, NULL);
+    for (int i = 0; a && i < a->count; i++) {
+        binding_t *b = &a->contacts[i];
+        if (b->ka.id != binding_id) continue;
+        b->ka.probing = 0;
+        if (answered) {
+            b->ka.failures = 0;
+            if (b->ka.unreachable) {
+                b->ka.unreachable = 0;
+                WITH_GIL(push_event(r, "reachable", binding_dict(a, b)));
+            }
+            return;
+        }
+        b->ka.failures++;
+        if (r->keepalive.max_failures && b->ka.failures >= r->keepalive.max_failures && !b->ka.unreachable) {
+            b->ka.unreachable = 1;
+            r->keepalive.became_unreachable++;
+            WITH_GIL(push_event(r, "unreachable", binding_dict(a, b)));
+        }
+        return;
+    }
+}
+
+/* "sip:<contact user>@<source>;transport=<t>": where the phone's packets come from (its NAT's
+ * mapping), with the user its Contact names. */
+static void keepalive_target(const binding_t *b, char *out, size_t len) {
+    const char *c = b->contact, *colon = strchr(c, ':');
+    char user[128] = "";
+    if (colon) {
+        const char *at = strchr(colon + 1, '@'), *stop = strpbrk(colon + 1, ";?>");
+        if (at && (!stop || at < stop)) snprintf(user, sizeof(user), "%.*s@", (int)(at - colon - 1), colon + 1);
+    }
+    char tp[8];
+    size_t n = 0;
+    for (; b->transport[n] && n < sizeof(tp) - 1; n++) tp[n] = (char)tolower((unsigned char)b->transport[n]);
+    tp[n] = 0;
+    int v6 = strchr(b->source_ip, ':') != NULL;
+    snprintf(out, len, "sip:%s%s%s%s:%d;transport=%s", user, v6 ? "[" : "", b->source_ip, v6 ? "]" : "",
+             b->source_port, tp);
+}
+
+static int keepalive_wanted(RegistrarObject *r, const binding_t *b) {
+    return r->keepalive.method != SS_KA_OFF && (b->nat || !r->keepalive.nat_only);
+}
+
+/* keepalive() -> keep-alives sent now: every binding whose time has come gets one. */
+static PyObject *Registrar_keepalive(RegistrarObject *self, PyObject *unused) {
+    UA_ONLY(NULL);
+    ss_ka_t *ka = &self->keepalive;
+    ss_ka_expire_probes(ka);
+    if (ka->method == SS_KA_OFF) return PyLong_FromLong(0);
+    pj_uint64_t now = now_ms();
+    unsigned answer_ms = ka->interval_ms < 32000 ? ka->interval_ms : 32000;
+    long n = 0;
+    for (int i = 0; i < 4096; i++)
+        for (aor_t *a = self->aors[i]; a; a = a->next)
+            for (int j = 0; j < a->count; j++) {
+                binding_t *b = &a->contacts[j];
+                if (b->expires_at <= now || !keepalive_wanted(self, b)) continue;
+                if (!b->ka.next_at) b->ka.next_at = now + ka->interval_ms; /* keep-alives were just turned on */
+                if (now < b->ka.next_at || b->ka.probing) continue;
+                b->ka.next_at = now + ka->interval_ms;
+                n++;
+                if (ka->method == SS_KA_CRLF) {
+                    ss_ka_send_crlf(ka, b->source_ip, b->source_port, b->transport);
+                    continue;
+                }
+                char target[PJ_INET6_ADDRSTRLEN + 200], to[1100];
+                keepalive_target(b, target, sizeof(target));
+                snprintf(to, sizeof(to), "<%s>", b->contact);
+                b->ka.probing = 1;
+                /* a = the AOR, b may move (bindings shift on removal): the answer finds it by id */
+                pj_uint64_t id = b->ka.id;
+                if (ss_ka_send_options(ka, a->username, id, target, to, answer_ms) != PJ_SUCCESS) {
+                    ka->failed++;
+                    ss_registrar_keepalive_result(a->username, id, 0, 0);
+                }
+            }
+    return PyLong_FromLong(n);
+}
+
+/* configure_keepalive(method, interval_seconds, nat_only, max_failures, from_uri). */
+static PyObject *Registrar_configure_keepalive(RegistrarObject *self, PyObject *args, PyObject *kwds) {
+    UA_ONLY(NULL);
+    static char *kwlist[] = {"method", "interval_seconds", "nat_only", "max_failures", "from_uri", NULL};
+    const char *method = "options", *from_uri = "sip:softswitch@localhost";
+    double interval = 30;
+    int nat_only = 1;
+    unsigned max_failures = 3;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|sdpIs", kwlist, &method, &interval, &nat_only, &max_failures,
+                                     &from_uri))
+        return NULL;
+    ss_ka_method_t m;
+    if (strcmp(method, "off") == 0) m = SS_KA_OFF;
+    else if (strcmp(method, "options") == 0) m = SS_KA_OPTIONS;
+    else if (strcmp(method, "crlf") == 0) m = SS_KA_CRLF;
+    else {
+        PyErr_Format(PyExc_ValueError, "keep-alive method must be options, crlf or off, not %s", method);
+        return NULL;
+    }
+    if (interval < 0.1 || interval > 86400) {
+        PyErr_SetString(PyExc_ValueError, "keep-alive interval_seconds must be between 0.1 and 86400");
+        return NULL;
+    }
+    ss_ka_t *ka = &self->keepalive;
+    unsigned interval_ms = (unsigned)(interval * 1000 + 0.5);
+    if (interval_ms != ka->interval_ms || m != ka->method) {
+        /* A new policy starts a fresh schedule: every binding's next keep-alive is one interval away. */
+        for (int i = 0; i < 4096; i++)
+            for (aor_t *a = self->aors[i]; a; a = a->next)
+                for (int j = 0; j < a->count; j++) a->contacts[j].ka.next_at = 0;
+    }
+    ka->method = m;
+    ka->interval_ms = interval_ms;
+    ka->nat_only = nat_only;
+    ka->max_failures = max_failures;
+    snprintf(ka->from_uri, sizeof(ka->from_uri), "%s", from_uri);
+    Py_RETURN_NONE;
+}
+
+static void keepalive_stats(RegistrarObject *r, PyObject *d) {
+    if (!d) return;
+    const ss_ka_t *ka = &r->keepalive;
+    long unreachable = 0;
+    for (int i = 0; i < 4096; i++)
+        for (aor_t *a = r->aors[i]; a; a = a->next)
+            for (int j = 0; j < a->count; j++) unreachable += a->contacts[j].ka.unreachable != 0;
+    struct { const char *key; unsigned long long value; } rows[] = {
+        {"keepalive_options_sent", ka->sent},       {"keepalive_options_answered", ka->answered},
+        {"keepalive_options_failed", ka->failed},   {"keepalive_crlf_sent", ka->crlf_sent},
+        {"keepalive_crlf_failed", ka->crlf_failed}, {"keepalive_became_unreachable", ka->became_unreachable},
+        {"bindings_unreachable", (unsigned long long)unreachable}};
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(rows[i].value);
+        if (!v || PyDict_SetItemString(d, rows[i].key, v) < 0) PyErr_Clear();
+        Py_XDECREF(v);
+    }
+}
+
+
 
 static int Registrar_init(RegistrarObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"realm", NULL};
@@ -1430,6 +1621,17 @@ static int Registrar_init(RegistrarObject *self, PyObject *args, PyObject *kwds)
         ss_raise_pj("pjsip_endpt_register_module (response counter)", st);
         return -1;
     }
+    self->keepalive.method = SS_KA_OPTIONS;
+    self->keepalive.interval_ms = 30000;
+    self->keepalive.nat_only = 1;
+    self->keepalive.max_failures = 3;
+    snprintf(self->keepalive.from_uri, sizeof(self->keepalive.from_uri), "sip:softswitch@localhost");
+    if (ss_ka_install(&self->keepalive) < 0) {
+        pjsip_endpt_unregister_module(endpt, &self->count_mod);
+        pjsip_endpt_unregister_module(endpt, &self->nat_mod);
+        pjsip_endpt_unregister_module(endpt, &self->mod);
+        return -1;
+    }
     pj_str_t reg = pj_str("REGISTER");
     pjsip_endpt_add_capability(endpt, &self->mod, PJSIP_H_ALLOW, NULL, 1, &reg);
     self->installed = 1;
@@ -1482,6 +1684,7 @@ static PyObject *Registrar_close(RegistrarObject *self, PyObject *unused) {
     if (self->installed) {
         if (pjsua_get_state() != PJSUA_STATE_NULL) {
             free_retrans(self);
+            ss_ka_uninstall(&self->keepalive);
             pjsip_endpt_unregister_module(pjsua_get_pjsip_endpt(), &self->count_mod);
             pjsip_endpt_unregister_module(pjsua_get_pjsip_endpt(), &self->nat_mod);
             pjsip_endpt_unregister_module(pjsua_get_pjsip_endpt(), &self->mod);
@@ -1713,7 +1916,7 @@ static PyObject *Registrar_stats(RegistrarObject *self, PyObject *unused) {
     long bindings = 0;
     for (int i = 0; i < 4096; i++)
         for (aor_t *a = self->aors[i]; a; a = a->next) bindings += a->count;
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:l,s:K,s:K,s:K,s:K,s:l,s:O}", "register",
+    PyObject *d = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:l,s:K,s:K,s:K,s:K,s:l,s:O}", "register",
                          self->n_register, "register_ok", self->n_register_ok, "challenges", self->n_challenges,
                          "auth_failures", self->n_auth_failures, "dropped", self->n_dropped, "invite_passed",
                          self->n_invite_passed, "invite_challenged", self->n_invite_challenged, "invite_refused",
@@ -1724,6 +1927,8 @@ static PyObject *Registrar_stats(RegistrarObject *self, PyObject *unused) {
                          self->n_overload[REFUSED_LOOP_LAG], "live_inbound",
                          self->live_inbound + self->passed_since_sync, "overloaded",
                          self->overloaded ? Py_True : Py_False);
+    keepalive_stats(self, d);
+    return d;
 }
 
 /* configure_limits(max_concurrent, calls_per_second, retry_after): 0 turns a limit off. */
@@ -1825,6 +2030,9 @@ static PyMethodDef Registrar_methods[] = {
      "(concurrent, rate, cpu, loop_lag) refusals so far."},
     {"sip_response_counts", (PyCFunction)Registrar_sip_response_counts, METH_NOARGS,
      "{(\"sent\"|\"received\", code): count}."},
+    {"keepalive", (PyCFunction)Registrar_keepalive, METH_NOARGS, "Send the keep-alives that are due; returns how many."},
+    {"configure_keepalive", (PyCFunction)(void (*)(void))Registrar_configure_keepalive, METH_VARARGS | METH_KEYWORDS,
+     "Keep-alive policy: method (options, crlf, off), interval_seconds, nat_only, max_failures, from_uri."},
     {"close", (PyCFunction)Registrar_close, METH_NOARGS, "Unregister the module (UA thread)."},
     {NULL}};
 

@@ -23,4 +23,50 @@ int ss_require_pj_thread(void);
 /* Sets a RuntimeError naming the pjproject call and its error text; returns NULL. */
 PyObject *ss_raise_pj(const char *what, pj_status_t status);
 
+/* transfer.c: REFER taken before pjsua (which would dial the target itself). */
+PyObject *ss_transfer_install(PyObject *self, PyObject *handler);
+PyObject *ss_transfer_notify(PyObject *self, PyObject *args);
+PyObject *ss_dialog_call(PyObject *self, PyObject *args);
+
+/* ---- keep-alives to registered bindings (keepalive.c) -------------------------------------- */
+
+typedef enum { SS_KA_OFF = 0, SS_KA_OPTIONS = 1, SS_KA_CRLF = 2 } ss_ka_method_t;
+
+/* A binding's keep-alive state, kept in the registrar's binding. */
+typedef struct {
+    pj_uint64_t id;      /* unique for the process: an OPTIONS answer finds its binding by it */
+    pj_uint64_t next_at; /* monotonic ms of the next keep-alive */
+    unsigned failures;   /* OPTIONS keep-alives in a row that got no answer */
+    int unreachable;     /* failures reached the limit: not rung until it answers or registers again */
+    int probing;         /* an OPTIONS keep-alive is in flight */
+} ss_ka_binding_t;
+
+typedef struct ss_ka_probe ss_ka_probe_t;
+
+typedef struct {
+    int installed;    /* its transaction user (keepalive.c) is registered */
+    ss_ka_method_t method;
+    unsigned interval_ms;
+    int nat_only;          /* only bindings whose Contact is not where they registered from */
+    unsigned max_failures; /* unanswered OPTIONS in a row that make a binding unreachable; 0 = never */
+    char from_uri[256];
+    ss_ka_probe_t *probes; /* OPTIONS in flight */
+    pj_uint64_t next_id;
+    unsigned long long sent, answered, failed, crlf_sent, crlf_failed, became_unreachable;
+} ss_ka_t;
+
+int ss_ka_install(ss_ka_t *ka);
+void ss_ka_uninstall(ss_ka_t *ka);
+/* An OPTIONS to target_uri (the binding's source address) whose outcome is reported once, to
+ * ss_registrar_keepalive_result, within answer_ms. */
+pj_status_t ss_ka_send_options(ss_ka_t *ka, const char *username, pj_uint64_t binding_id, const char *target_uri,
+                               const char *to_uri, unsigned answer_ms);
+/* A double CRLF (RFC 5626 3.5.1) to ip:port over the binding's transport (UDP from the SIP port,
+ * TCP/TLS over the phone's own connection). */
+pj_status_t ss_ka_send_crlf(ss_ka_t *ka, const char *ip, int port, const char *transport);
+/* Ends the OPTIONS keep-alives whose answer time is over (reported as not answered). */
+void ss_ka_expire_probes(ss_ka_t *ka);
+/* Defined by the registrar: the outcome of one OPTIONS keep-alive. */
+void ss_registrar_keepalive_result(const char *username, pj_uint64_t binding_id, int answered, int code);
+
 #endif

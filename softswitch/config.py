@@ -34,11 +34,13 @@ __all__ = [
     "Directories",
     "ExtensionSet",
     "ExtensionUser",
+    "KeepaliveConfig",
     "Limits",
     "LoggingConfig",
     "MediaConfig",
     "MetricsConfig",
     "MissingSecretError",
+    "SessionTimerMode",
     "SipConfig",
     "SrtpUse",
     "TlsConfig",
@@ -97,6 +99,8 @@ class _Rule:
     base: Literal["dirs", "flows"] = "dirs"  # what a relative path is relative to
     must_exist: bool = False  # a path that must name an existing file
     from_key: bool = False  # set from the entry's name in its parent mapping, not read from YAML
+    # Choice settings that also take a YAML boolean (`off` *is* false in YAML 1.1): (false, true).
+    from_bool: tuple[str, str] | None = None
 
 
 _NO_RULE = _Rule()
@@ -165,6 +169,9 @@ Codec = Literal["PCMU", "PCMA", "G722", "opus", "L16", "telephone-event"]
 AiProfile = Literal["openai_realtime", "gemini_live", "generic"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
+# RFC 4028 session timers: off; supported (used when the peer supports them); required (a peer
+# without them is refused); always (softswitch refreshes even a peer that does not support them).
+SessionTimerMode = Literal["off", "supported", "required", "always"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,12 +201,20 @@ class SipConfig:
     rtp_port_start: int = _setting(20000, lo=1024, hi=65000, check=_even)
     rtp_port_count: int = _setting(4000, lo=2, hi=60000)
     max_calls: int = _setting(1000, lo=1, hi=1024)  # PJSUA_MAX_CALLS in native/config_site.h
-    session_timers: bool = False
+    # `false`/`true` (the old boolean) mean off/supported. pjsua's own default, which every INVITE
+    # carried whatever the setting said, is `supported` with 1800 s and Min-SE 90.
+    session_timers: SessionTimerMode = _setting("supported", from_bool=("off", "supported"))
+    session_expires: int = _setting(1800, lo=90, hi=86400)  # seconds; pjsip refuses less than 90
+    min_se: int = _setting(90, lo=90, hi=86400)  # the smallest Session-Expires accepted (422 below it)
 
     @property
     def contact_address(self) -> str:
         """The address put in Contact and SDP."""
         return self.advertised_address or self.listen_address
+
+
+# The cadence syntax of tones (freq[+freq]/ms segments; the flows' customTone pattern).
+_TONE_CADENCE = r"\d+(?:\+\d+)*/\d+(?:,\d+(?:\+\d+)*/\d+)*"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -271,6 +286,20 @@ class ExtensionSet:
     srtp: SrtpUse = "disabled"  # calls from and to these phones
 
 
+KeepaliveMethod = Literal["options", "crlf", "off"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeepaliveConfig:
+    """Keep-alives to registered phones, so that NAT mappings stay open and a phone that cannot
+    be reached any more is not rung. OPTIONS also detect an unreachable phone; CRLF only refresh."""
+
+    method: KeepaliveMethod = "options"
+    interval_seconds: int = _setting(30, lo=1, hi=3600)  # to each binding; NAT UDP mappings often last 30-60 s
+    nat_only: bool = True  # only bindings whose Contact is not where their REGISTER came from
+    max_failures: int = _setting(3, lo=0, hi=100)  # unanswered OPTIONS in a row: unreachable; 0: never
+
+
 @dataclass(frozen=True, kw_only=True)
 class RegistrarConfig:
     """How phones and dynamic trunks register to softswitch."""
@@ -280,7 +309,10 @@ class RegistrarConfig:
     max_expires: int = _setting(3600, lo=1, hi=86400)  # longer requests are shortened to this
     default_expires: int = _setting(600, lo=1, hi=86400)
     nonce_ttl_seconds: int = _setting(300, lo=10, hi=86400)
-    algorithms: list[DigestAlgorithm] = field(default_factory=lambda: ["MD5", "SHA-256"])  # challenge order
+    # Challenge order. MD5 only by default: Debian 12's baresip (libre 1.1) gives up on a 401 that
+    # also carries a SHA-256 challenge, in either order, and never registers (README "Digest").
+    algorithms: list[DigestAlgorithm] = field(default_factory=lambda: ["MD5"])
+    keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -410,6 +442,9 @@ def _cross_checks(config: Config) -> Iterator[tuple[str, str, tuple[str, ...]]]:
             f"rtp_port_start + rtp_port_count = {sip.rtp_port_start + sip.rtp_port_count} is above 65536",
             ("sip.rtp_port_start", "sip.rtp_port_count"),
         )
+    if sip.session_expires < sip.min_se:
+        yield "sip.session_expires", f"session_expires {sip.session_expires} is below min_se {sip.min_se}", (
+            "sip.session_expires", "sip.min_se")
     if sip.udp_port == 0 and sip.tcp_port == 0:
         ports = ("sip.udp_port", "sip.tcp_port")
         yield "sip.udp_port", "udp_port and tcp_port are both 0: enable at least one", ports
@@ -428,12 +463,11 @@ def _cross_checks(config: Config) -> Iterator[tuple[str, str, tuple[str, ...]]]:
         yield "media.codecs", "no codec allowed: list at least one", ("media.codecs",)
     hold = config.media.hold_music.strip()
     if hold.startswith("tone:"):
-        from .media.tones import TONE_PRESETS, ToneSyntaxError, parse_tone  # checked like the flows' tones
-        spec = TONE_PRESETS.get(hold[5:].strip(), hold[5:].strip())
-        try:
-            parse_tone(spec, config.media.clock_rate)
-        except ToneSyntaxError as exc:
-            yield "media.hold_music", f"hold music tone {hold[5:]!r}: {exc}", ("media.hold_music",)
+        # A preset name (media/tones.py TONE_PRESETS, checked when a call is held) or a cadence.
+        spec = hold[5:].strip()
+        if not (re.fullmatch(r"[a-z]+", spec) or re.fullmatch(_TONE_CADENCE, spec)):
+            yield "media.hold_music", (f"hold music tone {spec!r} is neither a preset (ringback, busy, congestion) "
+                                       "nor a cadence like 425/1000,0/4000"), ("media.hold_music",)
     elif hold.lower() not in ("", "none", "off") and hold != MediaConfig.hold_music:
         # The default is looked for when a call is held (a prompts folder without it: no music).
         path = Path(hold) if Path(hold).is_absolute() else config.directories.prompts / hold
@@ -701,6 +735,10 @@ class _Walker:
         except (yaml.YAMLError, ValueError) as e:  # ValueError: an integer of thousands of digits
             return self.error(node, key, f"unreadable value: {e}")
         choices = get_args(tp) if get_origin(tp) is Literal else ()
+        if choices and type(value) is bool and node.value in choices:
+            value = node.value  # YAML 1.1 reads a bare `off` (or `on`) as a boolean: the word was meant
+        if rule.from_bool is not None and type(value) is bool:
+            value = rule.from_bool[value]
         wanted = type(choices[0]) if choices else (str if tp is Path else tp)
         # bool is a subclass of int, and "5060" is not a number: compare exact types.
         if type(value) is not wanted and not (wanted is float and type(value) is int):

@@ -224,6 +224,10 @@ def test_unknown_key_and_wrong_type_are_both_reported_with_file_and_line(tmp_pat
             id="user-set-not-list",
         ),
         pytest.param("sip:\n  5060: udp\n", 2, "sip.5060", "must be a string, not int", id="non-string-key"),
+        pytest.param("media:\n  hold_music: missing.wav\n", 2, "media.hold_music", "hold music file not found",
+                     id="hold-music-file"),
+        pytest.param("media:\n  hold_music: 'tone:440/x'\n", 2, "media.hold_music", "neither a preset",
+                     id="hold-music-tone"),
     ],
 )
 def test_each_invalid_config_gives_one_located_error(tmp_path, text, line, key, fragment):
@@ -412,3 +416,27 @@ def test_replace_path_validates_like_the_file(tmp_path, monkeypatch):
         with_overrides(config, {"sip.udp_port": 0, "sip.tcp_port": 0})
     with pytest.raises(KeyError, match="udp_prt"):
         replace_path(config, "sip.udp_prt", 5071)
+
+
+@pytest.mark.parametrize(("written", "mode"), [
+    ("false", "off"), ("off", "off"), ("no", "off"), ("true", "supported"), ("supported", "supported"),
+    ("required", "required"), ("always", "always"),
+])
+def test_session_timers_take_a_mode_or_the_old_boolean(tmp_path, written, mode):
+    config = load_config(write_config(tmp_path, f"sip:\n  session_timers: {written}\n"))
+    assert config.sip.session_timers == mode
+    assert (config.sip.session_expires, config.sip.min_se) == (1800, 90)
+
+
+def test_session_timer_errors_are_located(tmp_path):
+    issues = load_issues(write_config(tmp_path, """\
+        sip:
+          session_timers: sometimes
+          session_expires: 95
+          min_se: 120
+        """)).issues
+    assert [(i.line, i.key) for i in issues] == [(2, "sip.session_timers"), (3, "sip.session_expires")]
+    assert "off, supported, required, always" in issues[0].message
+    assert "below min_se 120" in issues[1].message
+    issues = load_issues(write_config(tmp_path, "sip:\n  min_se: 60\n")).issues
+    assert [(i.line, i.key) for i in issues] == [(2, "sip.min_se")] and "90..86400" in issues[0].message

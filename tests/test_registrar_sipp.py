@@ -90,8 +90,8 @@ def test_long_expiry_is_shortened_to_max(server_factory):
     assert resp.status == 200 and "expires=900" in resp.contacts()[0]
 
 
-def test_sha256_digest_is_accepted_and_offered(server_factory):
-    server = server_factory()
+def test_sha256_digest_is_accepted_and_offered_when_configured(server_factory):
+    server = server_factory(registrar={"algorithms": ["MD5", "SHA-256"]})
     with SipClient(("127.0.0.1", server.sip_port)) as phone:
         resp = phone.register("1001", "pass1001", algorithm="SHA-256")
         assert resp.status == 200

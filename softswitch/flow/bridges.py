@@ -232,7 +232,11 @@ class Bridges:
         if setting.startswith("tone:"):
             from ..media.tones import TONE_PRESETS
             name = setting[5:].strip()
-            return self.engine.media_resource.tones.cycle_file(TONE_PRESETS.get(name, name))  # type: ignore[attr-defined]
+            try:
+                return self.engine.media_resource.tones.cycle_file(TONE_PRESETS.get(name, name))  # type: ignore[attr-defined]
+            except ValueError as exc:  # an unknown preset name
+                log.error("media.hold_music %r: %s; the held party hears nothing", setting, exc)
+                return None
         path = Path(setting)
         path = path if path.is_absolute() else self.engine.ua.config.directories.prompts / path
         return path if path.is_file() else None  # the default in a prompts folder without it
@@ -306,8 +310,8 @@ class Bridges:
                 del self._by_leg[leg.id]
         for unsubscribe in br.unsubscribes:
             unsubscribe()
-        for holder in list(br.hold_players):
-            self._stop_hold_music(br, holder)
+        for holder_id in list(br.hold_players):  # keyed by leg id
+            br.hold_players.pop(holder_id).close()
         br.holding.clear()
         self._split_audio(br)
         self.engine.tell(lambda o: o.unbridged(br.a.leg, br.b.leg))

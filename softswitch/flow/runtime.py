@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .engine import Execution
     from .media import MediaOp
     from .model import Trigger
+    from .transfer import Transfer
 
 log = logging.getLogger("softswitch.flow")
 
@@ -97,6 +98,15 @@ class FlowObserver:
     def recording_finished(self, leg_id: str, path: str) -> None:
         """A file recorded from a leg is complete (call recording or media.recordAudio)."""
 
+    def transfer_started(self, transfer: "Transfer") -> None:
+        """An agent phone's REFER was accepted (flow/transfer.py)."""
+
+    def transfer_dial_started(self, transfer: "Transfer", dial: "Dial") -> None:
+        """A blind transfer dials its target: the dial belongs to the transferred caller's call."""
+
+    def transfer_finished(self, transfer: "Transfer") -> None:
+        """The transfer's result is known (transferred, failed, caller gone)."""
+
     def close(self) -> None:
         """The engine shuts down (before the UA hangs up the legs still up)."""
 
@@ -141,6 +151,10 @@ class FlowEngine:
         from . import ai
         ai.register(self)
         # -- end AI --
+        # -- transfer: REFERs from agent phones (flow/transfer.py) --
+        from .transfer import FlowTransfers
+        self.transfers = FlowTransfers(self)
+        # -- end transfer --
         # -- operations: call records and queue events as JSON lines, when configured (softswitch/ops) --
         from ..ops.queue_events import QueueEventLog
         from ..ops.records import CallRecords
@@ -212,6 +226,61 @@ class FlowEngine:
         if extension is not None:
             payload["extension"] = extension
         return payload
+
+    # ---- transfer (REFER from an agent phone; flow/transfer.py) ----------------------------------
+    def on_transfer(self, leg: "Leg", request, referral) -> int:
+        """The UA's REFER decision (sip/transfer.py): a SIP response code."""
+        return self.transfers.on_transfer(leg, request, referral)
+
+    def transfer_trigger(self, group: str | None) -> "tuple[Flow, Trigger] | None":
+        """The extensions trigger of `group` whose Call branch leads somewhere: a flow that takes
+        calls the agents of that set dial, so also their blind transfers to numbers."""
+        if not group:
+            return None
+        return next(((f, t) for f in self.flows for t in f.triggers_of("extensions")
+                     if t.ref == group and t.targets("Call")), None)
+
+    def start_transferred_call(self, leg: "Leg", flow: Flow, trigger: "Trigger", extra: dict) -> None:
+        """Fire `trigger`'s Call branch for a transferred party, like a call the agent dialled:
+        the payload of an INVITE from the agent's extension to the target number, on this leg."""
+        payload = self.call_payload(leg, trigger.ref, extra.get("extension"))
+        payload.update({k: v for k, v in extra.items() if v is not None})
+        payload["raw"] = dict(payload["raw"], transfer=extra.get("transfer"))
+        log.info("%s: transferred to flow %s, trigger %s (extensions %s, number %s)", leg.id, flow.name,
+                 trigger.name, trigger.ref, extra.get("calledNumber"))
+        self.tell(lambda o: o.call_started(leg, flow, trigger))
+        self.runner.fire(flow, trigger, "Call", payload, {"ref": trigger.ref, "legId": leg.id})
+
+    def abandon_waits(self, flow_legs: Iterable[FlowLeg], why: str) -> None:
+        """The call.waits watching these legs end without an outcome (their executions stop
+        there): something else (a transfer) now decides what happens to the legs."""
+        from .items import resolve_leg_id, resolve_wait_ids
+
+        waits = list(dict.fromkeys(w for fl in flow_legs for w in fl.waits))
+        for wait in waits:
+            wait.cancel()
+            live = [fl for fl in self.legs.values() if wait in fl.waits]
+            for fl in live:
+                fl.waits.remove(wait)
+            # Its `wait:<n>` ticket: the one wait tag every leg of this wait holds.
+            common = set.intersection(*[{t for t in fl.retention.tags if t.startswith("wait:")} for fl in live]) \
+                if live else set()
+            if len(common) == 1:
+                tag = common.pop()
+                for fl in live:
+                    for ticket in [t for t in fl.retention._tickets if t.tag == tag]:
+                        ticket.release()
+            for key, a in list(self.runner.running.items()):
+                if a.node.op != "call.wait" or a.finished:
+                    continue
+                ids = resolve_wait_ids(a.item, list(a.params.get("legIds") or ()), "legId") \
+                    if a.params.get("legIds") else [x for x in [resolve_leg_id(a.item, a.options)] if x]
+                if list(dict.fromkeys(ids)) == wait.leg_ids:
+                    a.finished = True
+                    a.execution.done(a)
+                    log.info("flow %s node %s: wait on %s ended (%s)", a.execution.flow.name, a.node.name,
+                             ", ".join(wait.leg_ids), why)
+                    break
 
     # ---- legs -------------------------------------------------------------------------------
     def track(self, leg: "Leg") -> FlowLeg:

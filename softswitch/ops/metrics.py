@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 LegKey = tuple[str, str]  # (direction, transport)
 # The native edge's counters (its stats also hold gauges: bindings, live_inbound, overloaded).
 REGISTRAR_COUNTERS = ("register", "register_ok", "challenges", "auth_failures", "dropped", "invite_passed",
-                      "invite_challenged", "invite_refused", "interval_too_brief", "out_of_order", "retransmissions")
+                      "invite_challenged", "invite_refused", "interval_too_brief", "out_of_order", "retransmissions",
+                      "keepalive_options_sent", "keepalive_options_answered", "keepalive_options_failed",
+                      "keepalive_crlf_sent", "keepalive_crlf_failed", "keepalive_became_unreachable")
 MAX_REASON_LABELS = 64  # hang-up reasons come from code and SIP codes; a cap guards against surprises
 OTHER = "other"
 

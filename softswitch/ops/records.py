@@ -181,6 +181,30 @@ class QueueVisit:
 
 
 @dataclass(eq=False)
+class TransferVisit:
+    """One transfer an agent phone asked for (REFER) on this call."""
+
+    id: str
+    kind: str  # blind | attended
+    by_leg: str
+    by_extension: str | None
+    to: str
+    started: float
+    route: str | None = None  # extension | trunk | flow | replaces
+    target_leg: str | None = None
+    result: str = "pending"  # transferred | failed | caller_hung_up
+    sip_code: int | None = None
+    reason: str | None = None
+    ended: float | None = None
+
+    def json(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "by_leg": self.by_leg, "by_extension": self.by_extension,
+                "to": self.to, "route": self.route, "target_leg": self.target_leg, "result": self.result,
+                "sip_code": self.sip_code, "reason": self.reason, "started": iso_utc(self.started),
+                "ended": iso_utc(self.ended)}
+
+
+@dataclass(eq=False)
 class CallState:
     id: str
     kind: str  # inbound | outbound | callback
@@ -196,6 +220,7 @@ class CallState:
     callback_of: str | None = None
     callback_entry: str | None = None
     recordings: list[str] = field(default_factory=list)
+    transfers: list[TransferVisit] = field(default_factory=list)
     talk_s: float = 0.0
     bridges: dict[tuple[str, str], float] = field(default_factory=dict)  # open: (a, b) -> since
     finishing: bool = False
@@ -372,6 +397,45 @@ class CallRecords(FlowObserver):
         if call is not None and path not in call.recordings:
             call.recordings.append(path)
 
+    def transfer_started(self, transfer: Any) -> None:
+        call = self._leg_call.get(transfer.caller.id)
+        if call is not None:
+            call.transfers.append(TransferVisit(transfer.id, transfer.kind.value, transfer.agent.id,
+                                                transfer.agent_extension, transfer.target, self.wall.now()))
+
+    def transfer_dial_started(self, transfer: Any, dial: "Dial") -> None:
+        call = self._leg_call.get(transfer.caller.id)
+        if call is not None:
+            self._claim_dial(call, dial)  # the target's leg belongs to the transferred caller's call
+
+    def transfer_finished(self, transfer: Any) -> None:
+        call = self._leg_call.get(transfer.caller.id)
+        visit = next((v for v in call.transfers if v.id == transfer.id), None) if call is not None else None
+        if visit is None:
+            return
+        visit.to = transfer.target or visit.to
+        visit.route = transfer.route.value if transfer.route is not None else None
+        visit.target_leg, visit.result = transfer.target_leg, transfer.result.value
+        visit.sip_code, visit.reason, visit.ended = transfer.sip_code, transfer.reason, self.wall.now()
+        if transfer.target_leg and visit.result == "transferred":
+            self._move(call, transfer.target_leg)
+
+    def _move(self, call: CallState, leg_id: str) -> None:
+        """An attended transfer's target leaves the consultation call for the caller's call."""
+        old = self._leg_call.get(leg_id)
+        if old is None or old is call:
+            return
+        rec = old.legs.pop(leg_id, None)
+        if rec is None:
+            return
+        self._add_leg(call, rec)
+        if old.root is rec:
+            old.root = None
+        if old.legs:
+            self._maybe_finish(old)
+        else:
+            self._forget(old)
+
     # ---- queue entry events ------------------------------------------------------------------
     def queue_event(self, event: "QueueEntryEvent") -> None:
         if self.closed:
@@ -532,6 +596,8 @@ class CallRecords(FlowObserver):
             "queue": visit.json() if visit is not None else None, "talk_seconds": _seconds(call.talk_s),
             "recordings": list(call.recordings), "hangup": hangup or self._hangup(call, legs),
         }
+        if call.transfers:  # only calls with a transfer carry the key (earlier records unchanged)
+            record["transfers"] = [v.json() for v in call.transfers]
         self.out.write(record)
         self._forget(call)
 

@@ -175,6 +175,7 @@ class UserAgent:
         self.extensions = None
         self.trunks = None  # trunks.Trunks: provider connections and registrations (outbound edge)
         self.dialer = None  # dialer.Dialer: outbound legs (outbound edge)
+        self.referrals = None  # transfer.Referrals: REFERs from phones (native hook)
         self.bridge = None  # media.bridge.Bridge: mirrors for call recordings (set on the UA thread)
         self._log_writer = None
         self.listen: ListenInfo | None = None
@@ -427,6 +428,10 @@ class UserAgent:
         self.trunks = Trunks(self, cfg)
         self.dialer = Dialer(self, cfg, self.trunks)
         # -- end outbound edge --
+        # -- transfer: REFERs from phones taken before pjsua, decided by the call handler --
+        from .transfer import Referrals
+        self.referrals = Referrals(self)
+        # -- end transfer --
         log.info("softswitch listening on %s (udp %s, tcp %s, tls %s), RTP %d-%d, pjproject %s",
                  addr, udp_port or "off", tcp_port or "off", tls_port or "off", cfg.sip.rtp_port_start,
                  cfg.sip.rtp_port_start + cfg.sip.rtp_port_count - 1, ep.libVersion().full)
@@ -497,6 +502,9 @@ class UserAgent:
         self._retiring.clear()
         self._pollers.clear()
         self.handler = None
+        if self.referrals is not None:
+            self.guard("transfer hook removal", self.referrals.close)
+            self.referrals = None
         # -- outbound edge: caller-ID accounts, then the connections' accounts (un-REGISTER) --
         if self.dialer is not None:
             self.guard("dialer shutdown", self.dialer.shutdown)

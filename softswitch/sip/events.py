@@ -51,3 +51,25 @@ class LegDtmf(LegEvent):
 class LegEnded(LegEvent):
     reason: str  # hangup reason in the reference's vocabulary (remote_hangup, daemon_shutdown, …)
     sip_code: int
+
+
+# ---- transfer (REFER from a phone, softswitch/sip/transfer.py) -------------------------------
+@dataclass(frozen=True)
+class Replaces:
+    """The dialog a Refer-To's Replaces header names (RFC 3891): an attended transfer."""
+
+    call_id: str
+    to_tag: str
+    from_tag: str
+
+
+@dataclass(frozen=True)
+class TransferRequested(LegEvent):
+    """A phone on `leg_id` sent REFER: transfer its bridged peer to `target` (the Refer-To's
+    user part), or, with `replaces`, to the far end of the call that dialog belongs to."""
+
+    handle: int  # the native subscription's handle, for NOTIFY progress
+    refer_to: str  # the Refer-To URI as sent (without its header parameters)
+    target: str
+    replaces: Replaces | None
+    referred_by: str

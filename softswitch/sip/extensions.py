@@ -3,7 +3,8 @@ in a live call).
 
 Queues dispatch to free operators and re-evaluate on every change, so this module publishes an
 `AvailabilityChanged` event whenever an extension registers, unregisters, expires, or one of
-its endpoints starts or ends a call (reference §3.3).
+its endpoints starts or ends a call (reference §3.3). A binding that stopped answering
+keep-alives (`Binding.reachable` false) is not an endpoint: it is neither rung nor online.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class AvailabilityChanged:
     extension: str
     online: bool
     free: bool
-    reason: str  # registered | unregistered | expired | call_started | call_ended
+    reason: str  # registered | unregistered | expired | unreachable | reachable | call_started | call_ended
 
 
 class Extensions:
@@ -41,8 +42,8 @@ class Extensions:
 
     # ---- questions --------------------------------------------------------------------------
     def endpoints(self, extension: str, *, only_free: bool = False) -> list[Binding]:
-        """Registered endpoints of an extension; with `only_free`, those not in a live call."""
-        bindings = self.ua.registrar.bindings_for_extension(extension)
+        """Registered, reachable endpoints of an extension; with `only_free`, those not in a live call."""
+        bindings = [b for b in self.ua.registrar.bindings_for_extension(extension) if b.reachable]
         if not only_free:
             return bindings
         busy = self._busy.get(extension, {})
@@ -50,7 +51,7 @@ class Extensions:
         return [b for b in bindings if not whole_extension_busy and not busy.get(_endpoint_key(b))]
 
     def online(self, extension: str) -> bool:
-        return bool(self.ua.registrar.bindings_for_extension(extension))
+        return any(b.reachable for b in self.ua.registrar.bindings_for_extension(extension))
 
     def free(self, extension: str) -> bool:
         return bool(self.endpoints(extension, only_free=True))

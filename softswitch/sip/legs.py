@@ -18,6 +18,7 @@ import pjsua2 as pj
 
 from . import srtp
 from .events import LegAnswered, LegDtmf, LegEnded, LegEvent, LegHold, LegMediaActive, LegProgress, LegRinging
+from .trunks import apply_call_settings
 
 if TYPE_CHECKING:
     from .endpoint import UserAgent
@@ -62,6 +63,7 @@ class LegBase:
     ua: "UserAgent"
     status: LegStatus
     _listeners: list[Callable[[LegEvent], None]]
+    held = False  # the far end holds the call (SIP legs: see Leg._on_media_state; an AI leg never does)
 
     @property
     def answered(self) -> bool:
@@ -217,7 +219,7 @@ class Leg(LegBase):
                 self._publish(LegAnswered(self.id))
         elif state == pj.PJSIP_INV_STATE_DISCONNECTED:
             code = int(ci.lastStatusCode)
-            reason = self._pending_end_reason or ("remote_hangup" if code < 300 or self.answered else f"sip_{code}")
+            reason = self._pending_end_reason or self._ended_by(code)
             self.end_reason = reason
             if self.slot is not None and self.ua.bridge is not None:
                 self.ua.bridge.forget(self.slot)  # pjsua removed the port; its number is free
@@ -226,6 +228,16 @@ class Leg(LegBase):
             if self._enter(LegStatus.ENDED):
                 self._publish(LegEnded(self.id, reason, code))
             self.ua.call_soon(self._forget)
+
+    def _ended_by(self, code: int) -> str:
+        """The end reason of a call softswitch did not hang up itself, from pjsua's last status.
+
+        An answered call that pjsua ended with 408 lost its session: with RFC 4028 timers on,
+        either no refresh came before Session-Expires (pjsua sends BYE) or our refresh got no
+        answer; both say the peer is gone, which the call record tells apart from a hang-up."""
+        if self.answered and code == 408 and self.ua.config.sip.session_timers != "off":
+            return "session_expired"
+        return "remote_hangup" if code < 300 or self.answered else f"sip_{code}"
 
     def _forget(self) -> None:
         """Drop the ended leg from the loop (not inside its callback; its pjsua2 Call is
@@ -395,6 +407,7 @@ class LocalAccount(pj.Account):
         tc.portRange = cfg.rtp_port_count
         tc.boundAddress = cfg.listen_address
         tc.publicAddress = public
+        apply_call_settings(acfg, cfg)
         # Every inbound call arrives here: optional SRTP when any source may use it; the gate
         # applies each trunk's and extension set's own use to the offer (sip/srtp.py).
         self.srtp_use = srtp.OPTIONAL if srtp.inbound_srtp(ua.config) else srtp.DISABLED

@@ -6,6 +6,10 @@ config, drains its events on the UA loop into typed events, logs every refusal a
 event, and answers questions the rest of softswitch asks: where is extension 1001 registered,
 and which trunk or extension did this INVITE come from.
 
+Keep-alives too: the native sweep sends OPTIONS or CRLF keep-alives to bindings (behind NAT by
+default) every `registrar.keepalive.interval_seconds`, and a binding that stops answering OPTIONS
+is reported `unreachable` (queues do not ring it) until it answers or registers again.
+
 Overload control lives here too: the gate's limits come from `limits`, the live inbound leg
 count is handed to the gate every loop turn, and `overload` (`ops.overload.OverloadMonitor`)
 sets the gate's overloaded flag from CPU and loop lag.
@@ -32,6 +36,7 @@ log = logging.getLogger("softswitch.registrar")
 security_log = logging.getLogger("softswitch.security")
 
 EXPIRY_SWEEP_SECONDS = 1.0
+KEEPALIVE_SWEEP_MAX_SECONDS = 1.0  # keep-alives go out within a quarter interval (at most 1 s) of their time
 DYNAMIC_TRUNK_GROUP = "trunk:"  # extension-user group prefix of dynamic trunks' credentials
 
 
@@ -50,6 +55,7 @@ class Binding:
     nat: bool
     user_agent: str
     call_id: str
+    reachable: bool = True  # False once OPTIONS keep-alives went unanswered `max_failures` times in a row
 
     @property
     def target_uri(self) -> str:
@@ -64,12 +70,13 @@ class Binding:
     def from_native(cls, d: dict) -> "Binding":
         return cls(username=d["username"], extension=d["extension"], group=d["group"], contact=d["contact"],
                    expires=d["expires"], source_ip=d["source_ip"], source_port=d["source_port"],
-                   transport=d["transport"], nat=d["nat"], user_agent=d["user_agent"], call_id=d["call_id"])
+                   transport=d["transport"], nat=d["nat"], user_agent=d["user_agent"], call_id=d["call_id"],
+                   reachable=d.get("reachable", True))
 
 
 @dataclass(frozen=True)
 class RegistrationEvent:
-    kind: str  # registered | refreshed | unregistered | expired
+    kind: str  # registered | refreshed | unregistered | expired | unreachable | reachable
     binding: Binding
 
 
@@ -159,6 +166,7 @@ class Registrar:
         self.apply_config(config)
         self.overload.start(ua.timers)
         self._sweep = ua.timers.schedule(EXPIRY_SWEEP_SECONDS, self._expire, "registrar-expiry")
+        self._keepalive_sweep = ua.timers.schedule(self._keepalive_period, self._keepalive, "registrar-keepalive")
 
     # ---- configuration --------------------------------------------------------------------
     def apply_config(self, config: "Config") -> None:
@@ -195,6 +203,15 @@ class Registrar:
                                       calls_per_second=float(lim.max_calls_per_second),
                                       retry_after=lim.retry_after_seconds)
         self.overload.set_limits(lim.max_cpu_percent, lim.max_loop_lag_ms)
+        self._configure_keepalive(config)
+
+    def _configure_keepalive(self, config: "Config") -> None:
+        ka, sip = config.registrar.keepalive, config.sip
+        port = sip.udp_port or sip.tcp_port
+        self._native.configure_keepalive(method=ka.method, interval_seconds=float(ka.interval_seconds),
+                                         nat_only=ka.nat_only, max_failures=ka.max_failures,
+                                         from_uri=f"sip:softswitch@{sip.contact_address}:{port}")
+        self._keepalive_period = min(KEEPALIVE_SWEEP_MAX_SECONDS, ka.interval_seconds / 4)
 
     def set_route_token(self, trunk_ref: str, token: str) -> None:
         """INVITEs whose Request-URI carries `;tk=<token>` come from this registered trunk."""
@@ -246,7 +263,9 @@ class Registrar:
 
     def stats(self) -> dict:
         """The gate's counters: registrations, challenges, refusals (`overload_concurrent`,
-        `overload_rate`, `overload_cpu`, `overload_loop_lag`), `live_inbound`, `overloaded`."""
+        `overload_rate`, `overload_cpu`, `overload_loop_lag`), `live_inbound`, `overloaded`; and
+        keep-alives (`keepalive_options_sent`, `_answered`, `_failed`, `keepalive_crlf_sent`,
+        `_failed`, `keepalive_became_unreachable`, `bindings_unreachable` now)."""
         return self._native.stats()
 
     def sip_response_counts(self) -> dict[tuple[str, int], int]:
@@ -287,11 +306,21 @@ class Registrar:
                                                       "detail": ev.detail}})
                 continue
             event = RegistrationEvent(kind, Binding.from_native(data))
-            if kind != "refreshed":
+            if kind == "unreachable":
+                b = event.binding
+                log.warning("unreachable %s (%s) at %s from %s:%d (%s): %d keep-alives unanswered; not rung "
+                            "until it answers or registers again", b.username, b.extension, b.contact, b.source_ip,
+                            b.source_port, b.transport, data.get("keepalive_failures", 0))
+            elif kind != "refreshed":
                 log.info("%s %s (%s) at %s from %s:%d", kind, event.binding.username, event.binding.extension,
                          event.binding.contact, event.binding.source_ip, event.binding.source_port)
             for listener in list(self._listeners):
                 self.ua.guard("registration listener", listener, event)
+
+    def _keepalive(self) -> None:
+        self._native.keepalive()
+        self._keepalive_sweep = self.ua.timers.schedule(self._keepalive_period, self._keepalive,
+                                                        "registrar-keepalive")
 
     def _expire(self) -> None:
         self._native.expire()
@@ -300,6 +329,7 @@ class Registrar:
 
     def close(self) -> None:
         self._sweep.cancel()
+        self._keepalive_sweep.cancel()
         self.overload.stop()
         self._unwatch_legs()
         self._native.close()

@@ -24,7 +24,7 @@ import pjsua2 as pj
 
 from . import srtp
 if TYPE_CHECKING:
-    from ..config import Config, Connection
+    from ..config import Config, Connection, SipConfig
     from .endpoint import UserAgent
 
 log = logging.getLogger("softswitch.trunks")
@@ -47,6 +47,22 @@ class RegistrationStatus:
     expires: int  # seconds granted by the registrar at the last success; 0 when not registered
 
 
+_TIMER_USE = {"off": pj.PJSUA_SIP_TIMER_INACTIVE, "supported": pj.PJSUA_SIP_TIMER_OPTIONAL,
+              "required": pj.PJSUA_SIP_TIMER_REQUIRED, "always": pj.PJSUA_SIP_TIMER_ALWAYS}
+
+
+def apply_call_settings(acfg: "pj.AccountConfig", sip: "SipConfig") -> None:
+    """What every account softswitch calls with shares: RFC 4028 session timers.
+
+    pjsua keeps these per account, so the LocalAccount, the connections' and the caller-ID
+    accounts all get them here; otherwise pjsua's own default (timers on) applied whatever the
+    config said."""
+    cc = acfg.callConfig
+    cc.timerUse = _TIMER_USE[sip.session_timers]
+    cc.timerSessExpiresSec = sip.session_expires
+    cc.timerMinSESec = sip.min_se
+
+
 def account_config(ua: "UserAgent", *, id_uri: str, connection: "Connection | None" = None,
                    route_token: str | None = None, register: bool = False,
                    srtp_use: str | None = None, tls: bool = False) -> "pj.AccountConfig":
@@ -67,6 +83,7 @@ def account_config(ua: "UserAgent", *, id_uri: str, connection: "Connection | No
     tc.publicAddress = sip.contact_address
     acfg.natConfig.sipOutboundUse = 0  # no RFC 5626 instance params: keep our Contact plain
     acfg.regConfig.registerOnAdd = False
+    apply_call_settings(acfg, sip)
     srtp.apply(acfg.mediaConfig, srtp_use or (connection.srtp if connection is not None else srtp.DISABLED))
     if (tls or (connection is not None and connection.transport == "tls")) and ua.tls_transport_id is not None:
         acfg.sipConfig.transportId = ua.tls_transport_id
