@@ -108,6 +108,7 @@ typedef struct user {
     char *group;      /* the extension-user set it came from */
     char ha1_md5[33];
     char ha1_sha256[65];
+    int srtp;         /* srtp_use_t of the set (extension_sets.<set>.srtp, or a dynamic trunk's) */
 } user_t;
 
 typedef struct binding {
@@ -139,7 +140,12 @@ typedef struct trunk {
     char *ip;
     int port;      /* 0 = any */
     char *codecs;  /* ",pcmu,pcma,telephone-event," allow-list for offers from this trunk; NULL = all */
+    int srtp;      /* srtp_use_t for offers from this trunk */
 } trunk_t;
+
+/* What the gate does to an offer's SRTP (SDES crypto lines), per source. SRTP_UNTOUCHED while no
+ * source allows SRTP (pjsua's account then refuses it by itself, as before SRTP existed). */
+typedef enum { SRTP_UNTOUCHED = 0, SRTP_DISABLED = 1, SRTP_OPTIONAL = 2, SRTP_MANDATORY = 3 } srtp_use_t;
 
 typedef struct nonce_slot {
     pj_uint32_t key;        /* hash of the nonce */
@@ -634,7 +640,9 @@ static int uri_to_str(const pjsip_uri *uri, char *buf, size_t len) {
 static int contact_is_natted(const pjsip_uri *uri, pjsip_rx_data *rdata) {
     const pjsip_sip_uri *sip = (const pjsip_sip_uri *)pjsip_uri_get_uri((pjsip_uri *)uri);
     if (!PJSIP_URI_SCHEME_IS_SIP(uri) && !PJSIP_URI_SCHEME_IS_SIPS(uri)) return 0;
-    int port = sip->port ? sip->port : 5060;
+    /* No port: 5061 for TLS (sips: or ;transport=tls), 5060 otherwise (RFC 3263). */
+    int tls = PJSIP_URI_SCHEME_IS_SIPS(uri) || pj_stricmp2(&sip->transport_param, "tls") == 0;
+    int port = sip->port ? sip->port : (tls ? 5061 : 5060);
     char host[PJ_INET6_ADDRSTRLEN + 2];
     snprintf(host, sizeof(host), "%.*s", (int)sip->host.slen, sip->host.ptr);
     return strcmp(host, rdata->pkt_info.src_name) != 0 || port != rdata->pkt_info.src_port;
@@ -1008,21 +1016,70 @@ static const char *static_pt_name(unsigned pt) {
     }
 }
 
+/* SDES crypto suites pjmedia's SRTP transport can use (RFC 4568, RFC 6188, RFC 7714). */
+static int known_crypto_suite(const pj_str_t *value) {
+    static const char *suites[] = {"AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32", "AES_256_CM_HMAC_SHA1_80",
+                                   "AES_256_CM_HMAC_SHA1_32", "AES_192_CM_HMAC_SHA1_80", "AES_192_CM_HMAC_SHA1_32",
+                                   "AEAD_AES_256_GCM", "AEAD_AES_128_GCM", NULL};
+    /* "<tag> <suite> inline:..." */
+    const char *p = value->ptr, *end = value->ptr + value->slen;
+    while (p < end && *p != ' ') p++;
+    while (p < end && *p == ' ') p++;
+    const char *suite = p;
+    while (p < end && *p != ' ') p++;
+    for (int i = 0; suites[i]; i++)
+        if ((size_t)(p - suite) == strlen(suites[i]) && strncmp(suite, suites[i], (size_t)(p - suite)) == 0) return 1;
+    return 0;
+}
+
+/* Applies a source's SRTP use to one audio m-line of its offer. Returns whether the m-line is still
+ * usable; sets *changed when crypto lines were removed. mandatory: SDES with a suite we know, on
+ * RTP/AVP (offered as optional) or RTP/SAVP. disabled: a secure profile is unusable, crypto lines
+ * on RTP/AVP are removed so that pjsua answers plain RTP. */
+static int srtp_media_usable(pjmedia_sdp_media *media, int srtp, int *changed) {
+    int secure = pj_strstr(&media->desc.transport, &(pj_str_t){"SAVP", 4}) != NULL;
+    if (srtp == SRTP_MANDATORY) {
+        for (unsigned i = 0; i < media->attr_count; i++)
+            if (pj_stricmp2(&media->attr[i]->name, "crypto") == 0 && known_crypto_suite(&media->attr[i]->value))
+                return 1;
+        return 0;
+    }
+    if (srtp == SRTP_DISABLED) {
+        if (secure) return 0;
+        for (unsigned i = 0; i < media->attr_count;) {
+            if (pj_stricmp2(&media->attr[i]->name, "crypto") == 0) {
+                pjmedia_sdp_attr_remove(&media->attr_count, media->attr, media->attr[i]);
+                *changed = 1;
+                continue;
+            }
+            i++;
+        }
+    }
+    return 1;
+}
+
 /* Removes from the INVITE's SDP offer every audio format not in `allowed` (",name,name,"), so
- * pjsua negotiates only what this trunk may use. Returns 0 if nothing usable is left. */
-static int filter_offer(pjsip_rx_data *rdata, const char *allowed) {
+ * pjsua negotiates only what this trunk may use, and applies the source's SRTP use (srtp_use_t).
+ * Returns 0 if nothing usable is left (the caller answers 488). */
+static int filter_offer(pjsip_rx_data *rdata, const char *allowed, int srtp) {
     pjsip_msg_body *body = rdata->msg_info.msg->body;
-    if (!allowed || !body || body->len == 0 || pj_stricmp2(&body->content_type.subtype, "sdp") != 0) return 1;
+    if ((!allowed && srtp == SRTP_UNTOUCHED) || !body || body->len == 0 ||
+        pj_stricmp2(&body->content_type.subtype, "sdp") != 0)
+        return 1;
     pj_pool_t *pool = rdata->tp_info.pool;
     char *text = pj_pool_alloc(pool, body->len + 1);
     memcpy(text, body->data, body->len);
     text[body->len] = 0;
     pjmedia_sdp_session *sdp = NULL;
     if (pjmedia_sdp_parse(pool, text, body->len, &sdp) != PJ_SUCCESS) return 1; /* pjsua answers the bad SDP */
-    int usable = 0;
+    int usable = 0, srtp_usable = 0, changed = 0;
     for (unsigned m = 0; m < sdp->media_count; m++) {
         pjmedia_sdp_media *media = sdp->media[m];
         if (pj_stricmp2(&media->desc.media, "audio") != 0) continue;
+        if (srtp != SRTP_UNTOUCHED && media->desc.port != 0 && srtp_media_usable(media, srtp, &changed))
+            srtp_usable = 1;
+        if (!allowed) continue;
+        changed = 1;
         unsigned kept = 0;
         for (unsigned f = 0; f < media->desc.fmt_count; f++) {
             pj_str_t *fmt = &media->desc.fmt[f];
@@ -1056,7 +1113,9 @@ static int filter_offer(pjsip_rx_data *rdata, const char *allowed) {
         }
         media->desc.fmt_count = kept;
     }
-    if (!usable) return 0;
+    if (!allowed) usable = 1;
+    if (!usable || (srtp != SRTP_UNTOUCHED && !srtp_usable)) return 0;
+    if (!changed) return 1;
     /* Reprinted, it is no longer than the offer plus pjmedia's normalising (a long offer did not fit
      * a fixed 4 KB and went through unfiltered). */
     size_t room = (size_t)body->len + 4096;
@@ -1098,7 +1157,7 @@ static const trunk_t *match_trunk(RegistrarObject *r, pjsip_rx_data *rdata) {
 }
 
 /* A dynamic trunk is recognised by a live binding of its credentials at the INVITE's source. */
-static const aor_t *match_dynamic_trunk(RegistrarObject *r, pjsip_rx_data *rdata) {
+static const aor_t *match_dynamic_trunk(RegistrarObject *r, pjsip_rx_data *rdata, const user_t **user) {
     pj_uint64_t now = now_ms();
     for (int i = 0; i < 1024; i++)
         for (user_t *u = r->users[i]; u; u = u->next) {
@@ -1107,8 +1166,10 @@ static const aor_t *match_dynamic_trunk(RegistrarObject *r, pjsip_rx_data *rdata
             for (int j = 0; a && j < a->count; j++) {
                 binding_t *b = &a->contacts[j];
                 if (b->expires_at > now && strcmp(b->source_ip, rdata->pkt_info.src_name) == 0 &&
-                    b->source_port == rdata->pkt_info.src_port)
+                    b->source_port == rdata->pkt_info.src_port) {
+                    *user = u;
                     return a;
+                }
             }
         }
     return NULL;
@@ -1225,17 +1286,30 @@ static pj_status_t count_on_tx_response(pjsip_tx_data *tdata) {
 static pj_bool_t handle_invite(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t *src) {
     const trunk_t *t = match_trunk(r, rdata);
     if (t) {
-        if (!filter_offer(rdata, t->codecs)) {
+        if (!filter_offer(rdata, t->codecs, t->srtp)) {
             respond(rdata, 488, "Not Acceptable Here");
             return PJ_TRUE;
         }
         return admit(r, rdata, "trunk", t->ref, NULL, NULL);
     }
-    const aor_t *dyn = match_dynamic_trunk(r, rdata);
-    if (dyn) return admit(r, rdata, "extension", dyn->username, dyn->extension, dyn->group);
+    const user_t *dyn_user = NULL;
+    const aor_t *dyn = match_dynamic_trunk(r, rdata, &dyn_user);
+    if (dyn) {
+        if (!filter_offer(rdata, NULL, dyn_user->srtp)) {
+            respond(rdata, 488, "Not Acceptable Here");
+            return PJ_TRUE;
+        }
+        return admit(r, rdata, "extension", dyn->username, dyn->extension, dyn->group);
+    }
     user_t *u = NULL;
     auth_result_t ar = verify_digest(r, rdata, 1, &u);
-    if (ar == AUTH_OK) return admit(r, rdata, "extension", u->username, u->extension, u->group);
+    if (ar == AUTH_OK) {
+        if (!filter_offer(rdata, NULL, u->srtp)) {
+            respond(rdata, 488, "Not Acceptable Here");
+            return PJ_TRUE;
+        }
+        return admit(r, rdata, "extension", u->username, u->extension, u->group);
+    }
     if (ar == AUTH_BAD) {
         r->n_auth_failures++;
         r->n_invite_refused++;
@@ -1660,7 +1734,9 @@ static PyObject *Registrar_set_users(RegistrarObject *self, PyObject *arg) {
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     for (Py_ssize_t i = 0; i < n; i++) {
         const char *username, *password, *extension, *group;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "ssss", &username, &password, &extension, &group)) {
+        int srtp = SRTP_UNTOUCHED;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "ssss|i", &username, &password, &extension, &group,
+                              &srtp)) {
             Py_DECREF(seq);
             for (int k = 0; k < 1024; k++)
                 while (fresh[k]) {
@@ -1674,6 +1750,7 @@ static PyObject *Registrar_set_users(RegistrarObject *self, PyObject *arg) {
         u->username = strdup(username);
         u->extension = strdup(extension);
         u->group = strdup(group);
+        u->srtp = srtp;
         const char *parts[3] = {username, self->realm, password};
         size_t lens[3] = {strlen(username), strlen(self->realm), strlen(password)};
         digest_hex(ALG_MD5, u->ha1_md5, parts, lens, 3);
@@ -1688,8 +1765,9 @@ static PyObject *Registrar_set_users(RegistrarObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* set_trunks([(ref, ip, port[, codecs]), ...]): fixed-address trunks, matched by source (port 0 =
- * any); codecs is ",pcmu,telephone-event," style, the formats offers from that trunk may keep. */
+/* set_trunks([(ref, ip, port[, codecs[, srtp]]), ...]): fixed-address trunks, matched by source
+ * (port 0 = any); codecs is ",pcmu,telephone-event," style, the formats offers from that trunk may
+ * keep; srtp an srtp_use_t. */
 static PyObject *Registrar_set_trunks(RegistrarObject *self, PyObject *arg) {
     UA_ONLY(NULL);
     PyObject *seq = PySequence_Fast(arg, "set_trunks expects a sequence of (ref, ip, port)");
@@ -1698,8 +1776,8 @@ static PyObject *Registrar_set_trunks(RegistrarObject *self, PyObject *arg) {
     trunk_t *fresh = calloc((size_t)n + 1, sizeof(trunk_t));
     for (Py_ssize_t i = 0; i < n; i++) {
         const char *ref, *ip, *codecs = NULL;
-        int port;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "ssi|z", &ref, &ip, &port, &codecs)) {
+        int port, srtp = SRTP_UNTOUCHED;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "ssi|zi", &ref, &ip, &port, &codecs, &srtp)) {
             for (Py_ssize_t k = 0; k < i; k++) { free(fresh[k].ref); free(fresh[k].ip); free(fresh[k].codecs); }
             free(fresh);
             Py_DECREF(seq);
@@ -1709,6 +1787,7 @@ static PyObject *Registrar_set_trunks(RegistrarObject *self, PyObject *arg) {
         fresh[i].ip = strdup(ip);
         fresh[i].port = port;
         fresh[i].codecs = codecs && codecs[0] ? strdup(codecs) : NULL;
+        fresh[i].srtp = srtp;
     }
     Py_DECREF(seq);
     free_trunks(self);

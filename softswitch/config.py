@@ -32,6 +32,7 @@ __all__ = [
     "ConfigIssue",
     "Connection",
     "Directories",
+    "ExtensionSet",
     "ExtensionUser",
     "KeepaliveConfig",
     "Limits",
@@ -41,6 +42,8 @@ __all__ = [
     "MissingSecretError",
     "SessionTimerMode",
     "SipConfig",
+    "SrtpUse",
+    "TlsConfig",
     "Trunk",
     "default_config_text",
     "load_config",
@@ -156,7 +159,12 @@ def parse_host_port(value: str) -> tuple[str, int]:
 
 # --- The schema ---------------------------------------------------------------------------------
 
-Transport = Literal["udp", "tcp"]
+Transport = Literal["udp", "tcp", "tls"]
+# SRTP (SDES, RFC 4568) on a call's audio: pjmedia's names, which YAML reads as strings ("off" is a
+# boolean in YAML). disabled: plain RTP only; optional: SRTP when the other side offers or accepts
+# it; mandatory: SRTP or no call (488).
+SrtpUse = Literal["disabled", "optional", "mandatory"]
+TlsVersion = Literal["tlsv1.2", "tlsv1.3"]
 Codec = Literal["PCMU", "PCMA", "G722", "opus", "L16", "telephone-event"]
 AiProfile = Literal["openai_realtime", "gemini_live", "generic"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -167,6 +175,19 @@ SessionTimerMode = Literal["off", "supported", "required", "always"]
 
 
 @dataclass(frozen=True, kw_only=True)
+class TlsConfig:
+    """SIP over TLS (`sip.tls_port`): our certificate and key, and what we ask of peers."""
+
+    certificate: Path | None = _setting(None, must_exist=True)  # PEM certificate (chain) we present
+    private_key: Path | None = _setting(None, must_exist=True)  # PEM private key of that certificate
+    ca_list: Path | None = _setting(None, must_exist=True)  # PEM CAs peers' certificates are checked against
+    verify_client: bool = False  # phones and trunks connecting to us must present a certificate from ca_list
+    verify_server: bool = False  # servers we connect to (connections with transport tls) are checked
+    min_version: TlsVersion = "tlsv1.2"  # oldest TLS version accepted (1.0 and 1.1 are never offered)
+    handshake_timeout_ms: int = _setting(5000, lo=100, hi=60000)  # a connection that does not finish the handshake is closed
+
+
+@dataclass(frozen=True, kw_only=True)
 class SipConfig:
     """Where softswitch listens for SIP and RTP, and what it tells peers about itself."""
 
@@ -174,6 +195,8 @@ class SipConfig:
     advertised_address: str | None = _setting(None, check=_host)  # None: listen_address
     udp_port: int = _setting(5060, lo=0, hi=65535)  # 0 disables UDP
     tcp_port: int = _setting(5060, lo=0, hi=65535)  # 0 disables TCP
+    tls_port: int = _setting(0, lo=0, hi=65535)  # 0: no SIP over TLS (needs sip.tls.certificate and private_key)
+    tls: TlsConfig = field(default_factory=TlsConfig)
     user_agent: str = "softswitch"
     rtp_port_start: int = _setting(20000, lo=1024, hi=65000, check=_even)
     rtp_port_count: int = _setting(4000, lo=2, hi=60000)
@@ -220,6 +243,7 @@ class Connection:
     public_domain: str | None = None  # host advertised in Contact/Via towards this server
     register: bool = False
     registration_expires: int = _setting(600, lo=60, hi=86400)
+    srtp: SrtpUse = "disabled"  # calls placed through this connection
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -251,6 +275,15 @@ class Trunk:
     password: str | None = None
     codecs: list[Codec] | None = None  # allow-list for this trunk's calls; None: media.codecs
     dtmf_methods: list[DtmfMethod] | None = None  # None: rfc2833 and info
+    srtp: SrtpUse = "disabled"  # its calls to us (mandatory: a plain RTP offer gets 488); calls to a dynamic trunk
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExtensionSet:
+    """Settings shared by every phone of one `extension_users` set (`extension_sets.<set>`)."""
+
+    name: str = _setting("", from_key=True)
+    srtp: SrtpUse = "disabled"  # calls from and to these phones
 
 
 KeepaliveMethod = Literal["options", "crlf", "off"]
@@ -383,6 +416,7 @@ class Config:
     media: MediaConfig = field(default_factory=MediaConfig)
     connections: dict[str, Connection] = field(default_factory=dict)
     extension_users: dict[str, list[ExtensionUser]] = field(default_factory=dict)
+    extension_sets: dict[str, ExtensionSet] = field(default_factory=dict)
     trunks: dict[str, Trunk] = field(default_factory=dict)
     registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
@@ -414,6 +448,17 @@ def _cross_checks(config: Config) -> Iterator[tuple[str, str, tuple[str, ...]]]:
     if sip.udp_port == 0 and sip.tcp_port == 0:
         ports = ("sip.udp_port", "sip.tcp_port")
         yield "sip.udp_port", "udp_port and tcp_port are both 0: enable at least one", ports
+    yield from _tls_checks(config)
+    for name in config.extension_sets:
+        if name not in config.extension_users:
+            known = ", ".join(config.extension_users) or "none defined"
+            key = f"extension_sets.{name}"
+            yield key, f"no extension_users set named {name!r} (sets: {known})", (key,)
+    for name, conn in config.connections.items():
+        if conn is not None and conn.transport == "tls" and not sip.tls_port:
+            key = f"connections.{name}.transport"
+            yield key, "transport tls needs SIP over TLS: set sip.tls_port and sip.tls certificate and key", (
+                key, "sip.tls_port")
     if not config.media.codecs:
         yield "media.codecs", "no codec allowed: list at least one", ("media.codecs",)
     hold = config.media.hold_music.strip()
@@ -458,6 +503,47 @@ def _cross_checks(config: Config) -> Iterator[tuple[str, str, tuple[str, ...]]]:
             if first != i:
                 key = f"extension_users.{set_name}[{i}].username"
                 yield key, f"duplicate username {user.username!r} (also at [{first}])", (key,)
+
+
+def _tls_checks(config: Config) -> Iterator[tuple[str, str, tuple[str, ...]]]:
+    """The TLS files must be usable before SIP starts: readable PEM, a key that matches the
+    certificate. OpenSSL (through Python's ssl) reads them as pjsip's TLS transport will."""
+    tls = config.sip.tls
+    if not config.sip.tls_port:
+        return
+    reads = ("sip.tls_port", "sip.tls.certificate", "sip.tls.private_key")
+    for key, value in (("sip.tls.certificate", tls.certificate), ("sip.tls.private_key", tls.private_key)):
+        if value is None:
+            yield key, f"sip.tls_port is {config.sip.tls_port}: set {key.rsplit('.', 1)[1]} to a PEM file", reads
+    if tls.verify_client and tls.ca_list is None:
+        yield "sip.tls.verify_client", "verify_client needs sip.tls.ca_list (the CAs client certificates are checked against)", (
+            "sip.tls.verify_client", "sip.tls.ca_list")
+    if tls.certificate is None or tls.private_key is None:
+        return
+    for key, value, marker in (("sip.tls.certificate", tls.certificate, "CERTIFICATE-----"),
+                               ("sip.tls.private_key", tls.private_key, "PRIVATE KEY-----"),
+                               ("sip.tls.ca_list", tls.ca_list, "CERTIFICATE-----")):
+        if value is None:
+            continue
+        try:
+            text = value.read_text(encoding="ascii", errors="replace")
+        except OSError as e:
+            yield key, f"cannot read {value}: {e.strerror}", (key,)
+            return
+        if "-----BEGIN " not in text or marker not in text:
+            yield key, f"{value} is not a PEM file (no '-----BEGIN ...{marker}' block)", (key,)
+            return
+    import ssl  # late: only configs with TLS pay for it
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(tls.certificate), str(tls.private_key))
+    except ssl.SSLError as e:
+        yield "sip.tls.private_key", f"OpenSSL cannot use this certificate and key together: {e.reason or e}", reads
+    if tls.ca_list is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(str(tls.ca_list))
+        except ssl.SSLError as e:
+            yield "sip.tls.ca_list", f"OpenSSL cannot read these CA certificates: {e.reason or e}", ("sip.tls.ca_list",)
 
 
 # --- The walker: YAML nodes checked against the schema -----------------------------------------

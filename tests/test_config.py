@@ -137,10 +137,10 @@ def test_unknown_key_and_wrong_type_are_both_reported_with_file_and_line(tmp_pat
             id="sip-server-host-only",
         ),
         pytest.param(
-            "connections:\n  pbx:\n    sip_server: pbx\n    transport: tls\n",
+            "connections:\n  pbx:\n    sip_server: pbx\n    transport: sctp\n",
             4,
             "connections.pbx.transport",
-            "not one of: udp, tcp",
+            "not one of: udp, tcp, tls",
             id="transport-enum",
         ),
         pytest.param(

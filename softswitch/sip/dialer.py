@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Literal, Sequence
 import _softswitch_native as native
 import pjsua2 as pj
 
+from . import srtp
 from .events import LegEvent
 from .legs import Leg, SipCall
 from .trunks import ForwardingAccount, account_config, connection_id_uri, quote_display_name
@@ -100,9 +101,9 @@ class _CallerIdAccounts:
         # Every caller ID in a live outbound call holds an account (an agent leg showing the
         # customer's number, for its whole talk time): as many as the build allows.
         self.capacity = capacity or max(8, native.limits().get("max_accounts", 64) - ACCOUNTS_KEPT_FREE)
-        self._entries: OrderedDict[tuple[str, str, str], _CachedAccount] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, ...], _CachedAccount] = OrderedDict()
 
-    def get(self, key: tuple[str, str, str], make_config: Callable[[], "pj.AccountConfig"]) -> ForwardingAccount:
+    def get(self, key: tuple[str, ...], make_config: Callable[[], "pj.AccountConfig"]) -> ForwardingAccount:
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
@@ -118,7 +119,7 @@ class _CallerIdAccounts:
         self._entries[key] = _CachedAccount(account)
         return account
 
-    def use(self, key: tuple[str, str, str], leg_id: str) -> None:
+    def use(self, key: tuple[str, ...], leg_id: str) -> None:
         self._entries[key].legs.add(leg_id)
 
     def _evict_one(self) -> None:
@@ -193,7 +194,8 @@ class Dialer:
                 raise DialError(f"dynamic trunk {trunk_ref!r} has no live registration: it must register to "
                                 f"softswitch (as {trunk.username!r}) before calls can be sent to it")
             uri = _with_user(binding.target_uri, user)
-            account, cache_key = self._local_account(caller_number, caller_name)
+            account, cache_key = self._local_account(caller_number, caller_name, trunk.srtp,
+                                                     tls=binding.transport.upper() == "TLS")
             extra += self._pai(caller_number, caller_name, self._local_host())
         else:
             if trunk.connection is None:
@@ -245,7 +247,10 @@ class Dialer:
         The endpoint is checked again first: a sequential dial rings endpoints planned seconds
         ago, which may have unregistered or (with `only_free`) started another call since."""
         extra = _checked_headers(headers)
-        account, cache_key = self._local_account(caller_number, caller_name)  # checks the caller ID first
+        # Checks the caller ID first; SRTP as the phone's extension set wants it, TLS if it registered so.
+        account, cache_key = self._local_account(caller_number, caller_name,
+                                                 srtp.extension_set_use(self.config, endpoint.binding.group),
+                                                 tls=endpoint.binding.transport.upper() == "TLS")
         extensions = self.ua.extensions
         current = extensions.endpoints(endpoint.number, only_free=only_free)
         if not any(b.contact == endpoint.binding.contact for b in current):
@@ -297,7 +302,7 @@ class Dialer:
         self._caller_ids.shutdown()
 
     # ---- placing one call ------------------------------------------------------------------
-    def _place(self, account: "pj.Account", cache_key: tuple[str, str, str] | None, target: DialTarget,
+    def _place(self, account: "pj.Account", cache_key: tuple[str, ...] | None, target: DialTarget,
                headers: Sequence[tuple[str, str]], on_event: Callable[[LegEvent], None] | None) -> Leg:
         if not [c for c in self._codecs.available(target.codecs) if c.lower() != "telephone-event"]:
             raise DialError(f"none of the codecs {list(target.codecs)} allowed for this call is available "
@@ -345,7 +350,7 @@ class Dialer:
             raise DialError(exc.args[0]) from None
 
     def _connection_account(self, conn: "Connection", number: str | None,
-                            name: str | None) -> tuple["pj.Account", tuple[str, str, str] | None]:
+                            name: str | None) -> tuple["pj.Account", tuple[str, ...] | None]:
         """The connection's own account, or a cached one carrying the caller ID."""
         if not number and not name:
             return self.trunks.account(conn.name), None
@@ -356,16 +361,23 @@ class Dialer:
             self.ua, id_uri=connection_id_uri(conn, number, name), connection=conn, route_token=token))
         return account, key
 
-    def _local_account(self, number: str | None,
-                       name: str | None) -> tuple["pj.Account", tuple[str, str, str] | None]:
-        """The LocalAccount, or a cached local identity carrying the caller ID."""
-        if not number and not name:
+    def _local_account(self, number: str | None, name: str | None,
+                       srtp_use: str | None = None, tls: bool = False) -> tuple["pj.Account", tuple[str, ...] | None]:
+        """The LocalAccount, or a cached local identity carrying the caller ID, SRTP use
+        (pjsua2 2.12 sets SRTP per account only; see sip/srtp.py; None: the LocalAccount's) and,
+        for phones registered over TLS, the TLS listener (see trunks.account_config)."""
+        srtp_use = srtp_use or self.ua.account.srtp_use
+        tls = tls and self.ua.tls_transport_id is not None
+        if not number and not name and srtp_use == self.ua.account.srtp_use and not tls:
             return self.ua.account, None
         number, name = _caller_number(number), _caller_name(name)
-        key = ("", number or "", name or "")
+        key: tuple[str, ...] = ("", number or "", name or "")
+        if srtp_use != srtp.DISABLED or tls:
+            key += (srtp_use, "tls" if tls else "")
         uri = f"sip:{number or 'softswitch'}@{self._local_host()}"
         id_uri = f'"{quote_display_name(name)}" <{uri}>' if name else uri
-        account = self._caller_ids.get(key, lambda: account_config(self.ua, id_uri=id_uri))
+        account = self._caller_ids.get(key, lambda: account_config(self.ua, id_uri=id_uri, srtp_use=srtp_use,
+                                                                   tls=tls))
         return account, key
 
     def _local_host(self) -> str:
@@ -421,7 +433,7 @@ def _caller_name(name: str | None) -> str | None:
 
 
 def _server_uri(conn: "Connection", user: str) -> str:
-    transport = ";transport=tcp" if conn.transport == "tcp" else ""
+    transport = f";transport={conn.transport}" if conn.transport in ("tcp", "tls") else ""
     return f"sip:{user}@{conn.sip_server}:{conn.port}{transport}"
 
 

@@ -92,6 +92,7 @@ class ListenInfo:
     address: str
     udp_port: int | None
     tcp_port: int | None
+    tls_port: int | None = None
 
 
 def _import_pj():
@@ -178,6 +179,9 @@ class UserAgent:
         self.bridge = None  # media.bridge.Bridge: mirrors for call recordings (set on the UA thread)
         self._log_writer = None
         self.listen: ListenInfo | None = None
+        # pjsua transport id of the TLS listener: accounts that open TLS connections must name it
+        # (this pjproject opens a new TLS connection only through an explicitly chosen listener).
+        self.tls_transport_id: int | None = None
         self.loop_stats = LoopStats()
         self.cycles = CycleCollector()
         self._leg_watchers: list[LegWatcher] = []
@@ -385,7 +389,7 @@ class UserAgent:
 
         addr = cfg.sip.listen_address
         public = cfg.sip.advertised_address or addr
-        udp_port = tcp_port = None
+        udp_port = tcp_port = tls_port = None
         try:
             if cfg.sip.udp_port:
                 ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, self._transport_config(addr, public, cfg.sip.udp_port))
@@ -397,10 +401,20 @@ class UserAgent:
             raise StartupError(
                 f"cannot listen for SIP on {addr} (udp {cfg.sip.udp_port}, tcp {cfg.sip.tcp_port}): "
                 f"{exc.reason or exc.info()}; is another process using the port?") from None
+        if cfg.sip.tls_port:
+            try:
+                self.tls_transport_id = ep.transportCreate(pj.PJSIP_TRANSPORT_TLS,
+                                                           self._tls_transport_config(addr, public))
+            except pj.Error as exc:
+                raise StartupError(
+                    f"cannot listen for SIP over TLS on {addr}:{cfg.sip.tls_port}: {exc.reason or exc.info()}; "
+                    f"is another process using the port, and are sip.tls.certificate and private_key a "
+                    f"matching pair?") from None
+            tls_port = cfg.sip.tls_port
         ep.libStart()
         ep.audDevManager().setNullDev()
         self._set_codecs()
-        self.listen = ListenInfo(addr, udp_port, tcp_port)
+        self.listen = ListenInfo(addr, udp_port, tcp_port, tls_port)
 
         from .legs import LocalAccount  # late: legs imports pjsua2 classes
         from .registrar import Registrar
@@ -418,8 +432,8 @@ class UserAgent:
         from .transfer import Referrals
         self.referrals = Referrals(self)
         # -- end transfer --
-        log.info("softswitch listening on %s (udp %s, tcp %s), RTP %d-%d, pjproject %s",
-                 addr, udp_port or "off", tcp_port or "off", cfg.sip.rtp_port_start,
+        log.info("softswitch listening on %s (udp %s, tcp %s, tls %s), RTP %d-%d, pjproject %s",
+                 addr, udp_port or "off", tcp_port or "off", tls_port or "off", cfg.sip.rtp_port_start,
                  cfg.sip.rtp_port_start + cfg.sip.rtp_port_count - 1, ep.libVersion().full)
 
     def _transport_config(self, bound: str, public: str, port: int):
@@ -427,6 +441,27 @@ class UserAgent:
         tc.port = port
         tc.boundAddress = bound
         tc.publicAddress = public
+        return tc
+
+    def _tls_transport_config(self, bound: str, public: str):
+        """The TLS listener; pjsip uses the same settings for the connections it opens to
+        connections with `transport: tls`. The files were checked by the config loader."""
+        pj, tls = self.pj, self.config.sip.tls
+        tc = self._transport_config(bound, public, self.config.sip.tls_port)
+        t = tc.tlsConfig
+        t.certFile = str(tls.certificate)
+        t.privKeyFile = str(tls.private_key)
+        # pjsip logs an error on every accepted connection when it has no CA list to name in a
+        # certificate request. Without ca_list: the system's CAs when servers are verified, else
+        # our own certificate (read on every handshake: one certificate is cheaper than 140).
+        system = _system_ca_file() if tls.verify_server else None
+        t.CaListFile = str(tls.ca_list or system or tls.certificate)
+        t.verifyClient = tls.verify_client
+        t.requireClientCert = tls.verify_client
+        t.verifyServer = tls.verify_server
+        # A non-zero proto set overrides `method`: only the versions we accept are offered.
+        t.proto = pj.PJ_SSL_SOCK_PROTO_TLS1_3 | (pj.PJ_SSL_SOCK_PROTO_TLS1_2 if tls.min_version == "tlsv1.2" else 0)
+        t.msecTimeout = tls.handshake_timeout_ms
         return tc
 
     def _set_codecs(self) -> None:
@@ -527,6 +562,13 @@ class _PjLogWriter:
                     pass
 
         return Writer()
+
+
+def _system_ca_file() -> str | None:
+    import ssl  # late: only TLS listeners need it
+
+    cafile = ssl.get_default_verify_paths().cafile
+    return cafile if cafile and os.path.isfile(cafile) else None
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable
 import _softswitch_native as native
 import pjsua2 as pj
 
+from . import srtp
 from .events import LegAnswered, LegDtmf, LegEnded, LegEvent, LegHold, LegMediaActive, LegProgress, LegRinging
 from .trunks import apply_call_settings
 
@@ -407,6 +408,10 @@ class LocalAccount(pj.Account):
         tc.boundAddress = cfg.listen_address
         tc.publicAddress = public
         apply_call_settings(acfg, cfg)
+        # Every inbound call arrives here: optional SRTP when any source may use it; the gate
+        # applies each trunk's and extension set's own use to the offer (sip/srtp.py).
+        self.srtp_use = srtp.OPTIONAL if srtp.inbound_srtp(ua.config) else srtp.DISABLED
+        srtp.apply(acfg.mediaConfig, self.srtp_use)
         self.create(acfg, True)
 
     def onIncomingCall(self, prm) -> None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable
 
 import _softswitch_native as native
 
+from . import srtp
 from ..ops.overload import LiveInbound, OverloadMonitor, OverloadState, RefusalLog
 
 if TYPE_CHECKING:
@@ -59,9 +60,10 @@ class Binding:
     @property
     def target_uri(self) -> str:
         """The URI to send requests to: the Contact, or where the REGISTER came from when the
-        Contact is not reachable (the phone is behind NAT)."""
+        Contact is not reachable (the phone is behind NAT). A phone that registered over TLS is
+        called over TLS even when its Contact forgot to say so."""
         if not self.nat:
-            return self.contact
+            return _with_transport(self.contact, self.transport)
         return _rewrite_host(self.contact, self.source_ip, self.source_port, self.transport)
 
     @classmethod
@@ -105,10 +107,21 @@ def _rewrite_host(uri: str, host: str, port: int, transport: str) -> str:
     userinfo, at, hostpart = rest.rpartition("@")
     cut = re.search(r"[;?>]", hostpart)
     params = hostpart[cut.start():] if cut else ""
-    if ";transport=" not in params.lower() and transport.upper() == "TCP":
-        params = ";transport=tcp" + params
+    if ";transport=" not in params.lower() and scheme.lower() != "sips" and transport.upper() in ("TCP", "TLS"):
+        params = f";transport={transport.lower()}" + params
     user = f"{userinfo}@" if at else ""
     return f"{scheme}:{user}{host}:{port}{params}"
+
+
+def _with_transport(uri: str, transport: str) -> str:
+    """A Contact of a binding made over TLS, with `;transport=tls` unless it says sips: or a
+    transport: the Request-URI decides how pjsip sends, and a bare sip: URI means UDP."""
+    if transport.upper() != "TLS" or uri.lower().startswith("sips:") or ";transport=" in uri.lower():
+        return uri
+    scheme, _, rest = uri.partition(":")
+    cut = re.search(r"[?>]", rest)
+    head, tail = (rest[:cut.start()], rest[cut.start():]) if cut else (rest, "")
+    return f"{scheme}:{head};transport=tls{tail}"
 
 
 def _allow_list(trunk) -> str | None:
@@ -165,21 +178,25 @@ class Registrar:
             flood_rate=float(sec.flood_requests_per_second), flood_burst=float(sec.flood_burst),
             md5="MD5" in reg.algorithms, sha256="SHA-256" in reg.algorithms,
             sha256_first=bool(reg.algorithms) and reg.algorithms[0] == "SHA-256")
-        users = [(u.username, u.password, u.extension, group)
+        users = [(u.username, u.password, u.extension, group,
+                  srtp.gate_use(config, srtp.extension_set_use(config, group)))
                  for group, members in config.extension_users.items() for u in members]
-        users += [(t.username, t.password, t.name, DYNAMIC_TRUNK_GROUP + t.name)
+        users += [(t.username, t.password, t.name, DYNAMIC_TRUNK_GROUP + t.name, srtp.gate_use(config, t.srtp))
                   for t in config.trunks.values() if t.mode == "dynamic"]
         self._native.set_users(users)
         self._bindings_changed()
         self._native.set_refused_user_agents(list(config.security.refused_user_agents))
         self._trunk_rows = []
         self._trunk_codecs: dict[str, str | None] = {}
+        self._trunk_srtp: dict[str, int] = {}
         for trunk in config.trunks.values():
             self._trunk_codecs[trunk.name] = _allow_list(trunk)
+            self._trunk_srtp[trunk.name] = srtp.gate_use(config, trunk.srtp)
             if trunk.mode != "fixed":
                 continue
             host = trunk.address or config.connections[trunk.connection].sip_server  # type: ignore[index]
-            self._trunk_rows.append((trunk.name, _resolve(host), trunk.port, self._trunk_codecs[trunk.name]))
+            self._trunk_rows.append((trunk.name, _resolve(host), trunk.port, self._trunk_codecs[trunk.name],
+                                     self._trunk_srtp[trunk.name]))
         self._push_trunks()
         lim = config.limits
         self._native.configure_limits(max_concurrent=lim.max_concurrent_calls,
@@ -203,7 +220,8 @@ class Registrar:
 
     def _push_trunks(self) -> None:
         # Registered fixed trunks (route token) are matched before unregistered ones (address).
-        rows = [(ref, "token:" + tok, 0, self._trunk_codecs.get(ref)) for ref, tok in self._route_tokens.items()]
+        rows = [(ref, "token:" + tok, 0, self._trunk_codecs.get(ref), self._trunk_srtp.get(ref, 0))
+                for ref, tok in self._route_tokens.items()]
         self._native.set_trunks(rows + self._trunk_rows)
 
     # ---- questions --------------------------------------------------------------------------

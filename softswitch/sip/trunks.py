@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Callable
 
 import pjsua2 as pj
 
+from . import srtp
 if TYPE_CHECKING:
     from ..config import Config, Connection, SipConfig
     from .endpoint import UserAgent
@@ -63,11 +64,15 @@ def apply_call_settings(acfg: "pj.AccountConfig", sip: "SipConfig") -> None:
 
 
 def account_config(ua: "UserAgent", *, id_uri: str, connection: "Connection | None" = None,
-                   route_token: str | None = None, register: bool = False) -> "pj.AccountConfig":
+                   route_token: str | None = None, register: bool = False,
+                   srtp_use: str | None = None, tls: bool = False) -> "pj.AccountConfig":
     """An AccountConfig for outbound calls (and a registration when `register`).
 
-    With a connection: its credentials, proxy and advertised domain. Without: a local identity
-    (extension calls). RTP always uses the configured port range, as the LocalAccount does."""
+    With a connection: its credentials, proxy, advertised domain and SRTP use. Without: a local
+    identity (extension calls) with `srtp_use` (default disabled). `tls` (and a connection with
+    `transport: tls`) binds the account to the TLS listener: this pjproject opens new TLS
+    connections only through a listener named by the account. RTP always uses the configured
+    port range, as the LocalAccount does."""
     sip = ua.config.sip
     acfg = pj.AccountConfig()
     acfg.idUri = id_uri
@@ -79,6 +84,9 @@ def account_config(ua: "UserAgent", *, id_uri: str, connection: "Connection | No
     acfg.natConfig.sipOutboundUse = 0  # no RFC 5626 instance params: keep our Contact plain
     acfg.regConfig.registerOnAdd = False
     apply_call_settings(acfg, sip)
+    srtp.apply(acfg.mediaConfig, srtp_use or (connection.srtp if connection is not None else srtp.DISABLED))
+    if (tls or (connection is not None and connection.transport == "tls")) and ua.tls_transport_id is not None:
+        acfg.sipConfig.transportId = ua.tls_transport_id
     if connection is None:
         return acfg
 
@@ -86,7 +94,7 @@ def account_config(ua: "UserAgent", *, id_uri: str, connection: "Connection | No
     if connection.public_domain:
         # pjsua builds Contact from the transport address; a different advertised host needs
         # the whole Contact forced (the route token then goes inside it).
-        port = sip.tcp_port if connection.transport == "tcp" else sip.udp_port
+        port = {"tcp": sip.tcp_port, "tls": sip.tls_port}.get(connection.transport, sip.udp_port)
         user = connection.username or "softswitch"
         acfg.sipConfig.contactForced = (
             f"<sip:{user}@{connection.public_domain}:{port};transport={connection.transport}{token_param}>")
@@ -192,6 +200,8 @@ class Trunks:
             raise ValueError(f"connections.{name} uses transport tcp but sip.tcp_port is 0: enable TCP")
         if conn.transport == "udp" and not sip.udp_port:
             raise ValueError(f"connections.{name} uses transport udp but sip.udp_port is 0: enable UDP")
+        if conn.transport == "tls" and not sip.tls_port:
+            raise ValueError(f"connections.{name} uses transport tls but sip.tls_port is 0: enable TLS")
         token = secrets.token_hex(8) if conn.register else None
         state = self._states[name] = _ConnectionState(conn, token)
         if token is not None:
