@@ -35,11 +35,12 @@ if [ -z "$src" ]; then src=$(fetch_debian_source); fi
 [ -f "$src/pjsip-apps/src/swig/pjsua2.i" ] || {
   echo "error: $src is not a pjproject source tree (no pjsip-apps/src/swig/pjsua2.i)" >&2; exit 1; }
 
-# Key: every source file's content, our config and the recipe below. Bump RECIPE whenever the
+# Key: every source file's content, our config and the recipe below (no absolute path: every
+# checkout of the same sources shares one build). Bump RECIPE whenever the
 # configure flags or build steps change, so cached builds made the old way are not reused.
 RECIPE=1
 key=$( (cd "$src" && find . -type f ! -path './.git/*' -print0 | sort -z | xargs -0 sha256sum;
-        sha256sum "$here/config_site.h"; echo "recipe $RECIPE") | sha256sum | cut -c1-16)
+        (cd "$here" && sha256sum config_site.h); echo "recipe $RECIPE") | sha256sum | cut -c1-16)
 prefix="$cache/pjproject-$key"
 # The SWIG module depends on the Python it is compiled for: cached per interpreter.
 python=${PYTHON:-python3}

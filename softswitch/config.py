@@ -471,7 +471,11 @@ def _cross_checks(config: Config) -> Iterator[tuple[str, str, tuple[str, ...]]]:
     elif hold.lower() not in ("", "none", "off") and hold != MediaConfig.hold_music:
         # The default is looked for when a call is held (a prompts folder without it: no music).
         path = Path(hold) if Path(hold).is_absolute() else config.directories.prompts / hold
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except OSError:  # a name the file system refuses (too long, ...)
+            found = False
+        if not found:
             yield "media.hold_music", f"hold music file not found: {path} (a WAV, tone:<preset>, or none)", (
                 "media.hold_music",)
     # Entries the walker rejected are None here; they have been reported already.
