@@ -230,8 +230,12 @@ FLOW_VOCABULARY = ["call.answer", "call.nope", "core.if", "queue.putLeg", "media
 
 def flow_graph_mutation(rng: random.Random, doc: dict) -> str:
     """Mutations that keep the YAML well-formed but break the flow as a graph."""
-    steps = [s for s in (doc.get("triggers") or []) + (doc.get("nodes") or []) if isinstance(s, dict)]
-    nodes = [s for s in doc.get("nodes") or [] if isinstance(s, dict)]
+    def entries(key: str) -> list:  # a text mutation may have left a section as a string or a number
+        value = doc.get(key)
+        return value if isinstance(value, list) else []
+
+    steps = [s for s in entries("triggers") + entries("nodes") if isinstance(s, dict)]
+    nodes = [s for s in entries("nodes") if isinstance(s, dict)]
     if not steps or not nodes:
         return "graph_skipped"
     step = rng.choice(steps)
