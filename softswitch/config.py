@@ -227,6 +227,11 @@ class MediaConfig:
     # directories.prompts unless absolute), "tone:<preset or cadence>", or "none".
     hold_music: str = "hold_music.wav"
 
+    @property
+    def hold_music_off(self) -> bool:
+        """`hold_music: none` (or off, or empty): softswitch plays nothing to a held party."""
+        return self.hold_music.strip().lower() in ("", "none", "off")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Connection:
@@ -468,7 +473,7 @@ def _cross_checks(config: Config) -> Iterator[tuple[str, str, tuple[str, ...]]]:
         if not (re.fullmatch(r"[a-z]+", spec) or re.fullmatch(_TONE_CADENCE, spec)):
             yield "media.hold_music", (f"hold music tone {spec!r} is neither a preset (ringback, busy, congestion) "
                                        "nor a cadence like 425/1000,0/4000"), ("media.hold_music",)
-    elif hold.lower() not in ("", "none", "off") and hold != MediaConfig.hold_music:
+    elif not config.media.hold_music_off and hold != MediaConfig.hold_music:
         # The default is looked for when a call is held (a prompts folder without it: no music).
         path = Path(hold) if Path(hold).is_absolute() else config.directories.prompts / hold
         try:

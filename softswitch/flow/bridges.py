@@ -195,7 +195,7 @@ class Bridges:
                 conf.suspend(src, dst)
             self._start_hold_music(br, holder, peer)
         else:
-            self._stop_hold_music(br, holder)
+            self._stop_hold_music(br, holder.id)
             if src is not None and dst is not None:
                 conf.resume(src, dst)
         log.info("%s %s the call: %s %s", holder.id, "holds" if held else "resumed", peer.id,
@@ -219,16 +219,17 @@ class Bridges:
         player.play_to(peer.leg.slot)
         br.hold_players[holder.id] = player
 
-    def _stop_hold_music(self, br: Bridge, holder: "FlowLeg") -> None:
-        player = br.hold_players.pop(holder.id, None)
+    def _stop_hold_music(self, br: Bridge, holder_id: str) -> None:
+        player = br.hold_players.pop(holder_id, None)
         if player is not None:
             player.close()
 
     def hold_music_path(self) -> Path | None:
         """The WAV `media.hold_music` names (a tone rendered once), or None for `none`."""
-        setting = self.engine.ua.config.media.hold_music.strip()
-        if setting.lower() in ("", "none", "off"):
+        media = self.engine.ua.config.media
+        if media.hold_music_off:
             return None
+        setting = media.hold_music.strip()
         if setting.startswith("tone:"):
             from ..media.tones import TONE_PRESETS
             name = setting[5:].strip()
@@ -310,8 +311,8 @@ class Bridges:
                 del self._by_leg[leg.id]
         for unsubscribe in br.unsubscribes:
             unsubscribe()
-        for holder_id in list(br.hold_players):  # keyed by leg id
-            br.hold_players.pop(holder_id).close()
+        for holder_id in list(br.hold_players):
+            self._stop_hold_music(br, holder_id)
         br.holding.clear()
         self._split_audio(br)
         self.engine.tell(lambda o: o.unbridged(br.a.leg, br.b.leg))

@@ -45,9 +45,6 @@ class Wiring:
     held_in: set[int] = field(default_factory=set)  # suspended sources into the port
     held_out: set[int] = field(default_factory=set)  # suspended destinations out of it
 
-    def __bool__(self) -> bool:
-        return bool(self.sources or self.destinations or self.mirrors or self.mirror_of)
-
 
 class Bridge:
     """The UA's connections into slots that matter to mirrors, and the mirrors themselves.
@@ -134,9 +131,6 @@ class Bridge:
             if mirror != src:
                 _quiet_connect(src, mirror, level)
 
-    def suspended(self, src: int, dst: int) -> bool:
-        return (src, dst) in self._suspended
-
     # ---- media updates ----------------------------------------------------------------------
     def reapply(self, slot: int) -> int:
         """Make every connection into and out of `slot` again (and their mirrored copies), as
@@ -201,17 +195,7 @@ class Bridge:
     def forget(self, slot: int) -> None:
         """The port behind `slot` is gone for good (its call ended, its player closed): drop it
         from the table, so a later port given the same number inherits none of it."""
-        self._sources.pop(slot, None)
-        for dst in [d for d, srcs in self._sources.items() if slot in srcs]:
-            del self._sources[dst][slot]
-            if not self._sources[dst]:
-                del self._sources[dst]
-        self._mirrors.pop(slot, None)
-        for key in [k for k, mirrors in self._mirrors.items() if slot in mirrors]:
-            self._mirrors[key].discard(slot)
-            if not self._mirrors[key]:
-                del self._mirrors[key]
-        self._suspended = {pair for pair in self._suspended if slot not in pair}
+        self.detach(slot)
 
     # ---- mirrors ----------------------------------------------------------------------------
     def add_mirror(self, slot: int, mirror: int) -> None:
@@ -320,13 +304,6 @@ def resume(src: int, dst: int, level: float = 1.0) -> None:
         native.conf_connect(src, dst, level)
     else:
         bridge.resume(src, dst)
-
-
-def forget(slot: int) -> None:
-    """The port at `slot` is gone for good: the table lets go of it (see Bridge.forget)."""
-    bridge = current()
-    if bridge is not None:
-        bridge.forget(slot)
 
 
 def listeners(slot: int) -> list[int]:
