@@ -69,4 +69,13 @@ void ss_ka_expire_probes(ss_ka_t *ka);
 /* Defined by the registrar: the outcome of one OPTIONS keep-alive. */
 void ss_registrar_keepalive_result(const char *username, pj_uint64_t binding_id, int answered, int code);
 
+/* ---- the transport manager's dropped-data callback, shared (rxdrop.c) ------------------------ */
+
+/* One handler of pjsip's dropped-data notifications (CRLF keep-alives, syntax errors, TCP
+ * overflow). It may set dd->len as pjsip documents for PJSIP_EINVALIDMSG. */
+typedef void (*ss_rxdrop_handler)(pjsip_tp_dropped_data *dd);
+/* Adds a handler (installs the callback on first use; UA thread); 0 on success, -1 when full. */
+int ss_rxdrop_add(ss_rxdrop_handler handler);
+void ss_rxdrop_remove(ss_rxdrop_handler handler);
+
 #endif
