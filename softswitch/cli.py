@@ -62,6 +62,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     source = args.config or "built-in default config"
     print(f"{source}: OK ({len(config.flows)} flow files)")
+    records = config.records.in_state(config.directories.state)
+    print(f"call records: {records.call_records or 'off'}; queue events: {records.queue_events or 'off'}")
     return 0
 
 

@@ -99,6 +99,7 @@ class _Rule:
     base: Literal["dirs", "flows"] = "dirs"  # what a relative path is relative to
     must_exist: bool = False  # a path that must name an existing file
     from_key: bool = False  # set from the entry's name in its parent mapping, not read from YAML
+    in_state: bool = False  # a path whose default (a file name) lives in directories.state, kept relative
     # Choice settings that also take a YAML boolean (`off` *is* false in YAML 1.1): (false, true).
     from_bool: tuple[str, str] | None = None
 
@@ -407,10 +408,18 @@ class Limits:
 
 @dataclass(frozen=True, kw_only=True)
 class RecordsConfig:
-    """Operator records written as JSON lines (one object per line, appended, flushed per line)."""
+    """Operator records written as JSON lines (one object per line, appended, flushed per line).
 
-    call_records: Path | None = None  # one line per finished call; None: off
-    queue_events: Path | None = None  # one line per queue event; None: off
+    On by default, in directories.state (the defaults stay relative names until `in_state`, so
+    they follow directories.state wherever it is set); a path moves one; null turns it off."""
+
+    call_records: Path | None = _setting(Path("call-records.jsonl"), in_state=True)  # None: off
+    queue_events: Path | None = _setting(Path("queue-events.jsonl"), in_state=True)  # None: off
+
+    def in_state(self, state: Path) -> "RecordsConfig":
+        """The paths to write: a default name under `state`; a configured path as it is."""
+        return RecordsConfig(call_records=None if self.call_records is None else state / self.call_records,
+                             queue_events=None if self.queue_events is None else state / self.queue_events)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -700,7 +709,8 @@ class _Walker:
             if dataclasses.is_dataclass(hints[f.name]):
                 values[f.name] = self.section(_empty_mapping(node), hints[f.name], _join(key, f.name), "")
             elif isinstance(f.default, Path):
-                values[f.name] = self.resolve(f.default, _rule_of(f))
+                rule = _rule_of(f)
+                values[f.name] = f.default if rule.in_state else self.resolve(f.default, rule)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 path = _join(key, f.name)
                 if path not in self.bad_keys:  # not merely given a wrong value

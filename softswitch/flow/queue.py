@@ -50,6 +50,11 @@ class FlowQueues:
         runner.register("queue.putLeg", self._put)
         runner.register("queue.setCallback", self._set_callback)
         runner.register("queue.getStats", self._stats)
+        # recover() runs once the records watch the engine (FlowEngine): entries the restart
+        # drops get their queue events.
+
+    def recover(self) -> None:
+        """Load the stored entries (once, at start; after the operator records are attached)."""
         self.engine.recover()
 
     def stats_json(self) -> dict[str, Any]:

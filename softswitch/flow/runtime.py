@@ -158,12 +158,13 @@ class FlowEngine:
         # -- operations: call records and queue events as JSON lines, when configured (softswitch/ops) --
         from ..ops.queue_events import QueueEventLog
         from ..ops.records import CallRecords
-        records = ua.config.records
+        records = ua.config.records.in_state(ua.config.directories.state)
         if records.call_records is not None:
             self.observers.append(CallRecords.for_engine(self, records.call_records))
         if records.queue_events is not None:
             self.observers.append(QueueEventLog.for_engine(self, records.queue_events))
         # -- end operations --
+        self.queues.recover()  # after the records: what the restart drops is in them
 
     def tell(self, hook: Callable[[FlowObserver], None]) -> None:
         """Run `hook` on every observer, e.g. `engine.tell(lambda o: o.bridged(a, b))`."""

@@ -7,6 +7,10 @@ an agent, the flow then the customer) is a call of its own, `kind: callback`; le
 root make an `outbound` call. `CallRecords` learns legs from the UA's leg watchers and the rest
 from flow hooks (`FlowObserver`) and queue entry events; it writes a call once all its legs have
 ended and its dials are over, then forgets it. README "Call records" lists the fields.
+
+With a `CallJournal` (ops/journal.py), each live call's state is also appended to the crash
+journal once per loop turn in which it changed, so that the next start can write the calls a
+kill -9 cut off (`recover_crashed`: hang-up reason `process_crashed`, ended when last seen alive).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -22,9 +26,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from ..flow.runtime import FlowObserver
 from ..sip.events import LegAnswered, LegEnded
 from ..sip.legs import parse_party
+from .journal import CallJournal
 
 if TYPE_CHECKING:
-    from ..clock import Clock
+    from ..clock import Clock, TimerHandle, Timers
     from ..flow.dial import Dial
     from ..flow.engine import Execution
     from ..flow.items import Item
@@ -33,6 +38,9 @@ if TYPE_CHECKING:
     from ..queue.engine import OperatorDialRequest, QueueEntryEvent
 
 log = logging.getLogger("softswitch.records")
+
+JOURNAL_HEARTBEAT_S = 5.0  # while calls are live: how stale a cut-off call's end time can be
+CRASHED = "process_crashed"  # hang-up and leg end reason of a call the process died in
 
 
 # ---- shared by the operator records ---------------------------------------------------------
@@ -234,18 +242,73 @@ def _seconds(value: float | None) -> float | None:
     return None if value is None else round(max(0.0, value), 3)
 
 
+# ---- a live call's state in the crash journal -------------------------------------------------
+def call_state_json(call: CallState) -> dict[str, Any]:
+    """What the journal keeps of a live call: enough to write its record after a crash (its
+    dials are not kept: they die with the process)."""
+    legs = []
+    for rec in call.legs.values():
+        leg = {f.name: getattr(rec, f.name) for f in fields(LegRecord) if f.name != "peer"}
+        leg["peer"] = rec.peer.id if rec.peer is not None else None
+        legs.append(leg)
+    return {
+        "id": call.id, "kind": call.kind, "started": call.started, "root": call.root.id if call.root else None,
+        "legs": legs, "from_number": call.from_number, "to_number": call.to_number,
+        "admitted_via": call.admitted_via, "flow": call.flow,
+        "queue": asdict(call.queue) if call.queue is not None else None, "callback_of": call.callback_of,
+        "callback_entry": call.callback_entry, "recordings": list(call.recordings),
+        "transfers": [asdict(v) for v in call.transfers], "talk_s": call.talk_s,
+        "bridges": [[a, b, since] for (a, b), since in call.bridges.items()],
+    }
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def call_state_from_json(data: dict[str, Any]) -> CallState:
+    """The inverse of `call_state_json` (KeyError, TypeError or ValueError if it is not one)."""
+    call = CallState(str(data["id"]), str(data["kind"]), float(data["started"]))
+    peers: dict[str, str] = {}
+    for leg in data.get("legs") or []:
+        rec = LegRecord(**_known(LegRecord, {k: v for k, v in leg.items() if k != "peer"}))
+        call.legs[rec.id] = rec
+        if leg.get("peer"):
+            peers[rec.id] = leg["peer"]
+    for leg_id, peer_id in peers.items():
+        call.legs[leg_id].peer = call.legs.get(peer_id)
+    call.root = call.legs.get(data.get("root") or "")
+    call.from_number, call.to_number = data.get("from_number") or "", data.get("to_number") or ""
+    call.admitted_via, call.flow = data.get("admitted_via"), data.get("flow")
+    call.queue = QueueVisit(**_known(QueueVisit, data["queue"])) if data.get("queue") else None
+    call.callback_of, call.callback_entry = data.get("callback_of"), data.get("callback_entry")
+    call.recordings = [str(p) for p in data.get("recordings") or []]
+    call.transfers = [TransferVisit(**_known(TransferVisit, v)) for v in data.get("transfers") or []]
+    call.talk_s = float(data.get("talk_s") or 0.0)
+    call.bridges = {(str(a), str(b)): float(since) for a, b, since in data.get("bridges") or []}
+    return call
+
+
 # ---- the records ----------------------------------------------------------------------------
 class CallRecords(FlowObserver):
     """Groups legs into calls and writes each finished call as one JSON line (UA thread only).
 
     Memory is per live call (its legs, dials, recordings) and per waiting queue entry (the id of
-    the call that queued it, for `callback_of`); everything is dropped once the line is written."""
+    the call that queued it, for `callback_of`); everything is dropped once the line is written.
+    `journal` (with `timers` for its heartbeat) keeps live calls' states for after a crash."""
 
     def __init__(self, path: Path, *, clock: "Clock", schedule: Callable[[Callable[[], None]], None],
                  new_id: Callable[[], str], target_of: Callable[[str], Any] = lambda _leg_id: None,
                  trigger_name: Callable[[str, str], str] = lambda _scope, ref: ref,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time, journal: CallJournal | None = None,
+                 timers: "Timers | None" = None) -> None:
         self.out = JsonLines(path, "call records")
+        self.journal = journal
+        self._timers = timers
+        self._dirty: dict[str, None] = {}  # calls changed this loop turn, journaled at its end
+        self._flush_scheduled = False
+        self._heartbeat: "TimerHandle | None" = None
         self.wall = WallClock(clock, wall)
         self._schedule = schedule
         self._new_id = new_id
@@ -273,7 +336,9 @@ class CallRecords(FlowObserver):
                          if t.ref == ref), ref)
 
         records = cls(path, clock=ua.clock, schedule=ua.call_soon, new_id=lambda: ua.ids.new("call"),
-                      target_of=target_of, trigger_name=trigger_name)
+                      target_of=target_of, trigger_name=trigger_name, timers=ua.timers,
+                      journal=CallJournal.in_directory(ua.config.directories.state))
+        records.recover_crashed()  # before any call of this process is recorded
         records._detach.append(ua.watch_legs(records))
         records._detach.append(engine.queues.engine.watch(records.queue_event))
         log.info("call records: %s", path)
@@ -318,6 +383,7 @@ class CallRecords(FlowObserver):
         if isinstance(event, LegAnswered):
             if rec.answered is None:
                 rec.answered = now
+                self._touch(self._leg_call.get(rec.id))
             return
         if not rec.remote:
             rec.remote = _number(leg.remote_uri) if rec.transport == "sip" else leg.remote_uri
@@ -334,6 +400,7 @@ class CallRecords(FlowObserver):
             # Not claimed (yet): a dial hook may still claim it in this loop turn.
             self._schedule(lambda: self._settle_loose(rec.id))
             return
+        self._touch(call)
         self._maybe_finish(call)
 
     def _settle_loose(self, leg_id: str) -> None:
@@ -351,6 +418,7 @@ class CallRecords(FlowObserver):
         call = self._leg_call.get(leg.id)
         if call is not None and call.flow is None:
             call.flow = {"name": flow.name, "trigger": trigger.name}
+            self._touch(call)
 
     def attempt_placed(self, dial: "Dial", leg: Any) -> None:
         call = self._dial_call.get(dial.id)
@@ -386,22 +454,26 @@ class CallRecords(FlowObserver):
             rb.peer = ra
         for call in self._calls_of(a.id, b.id):
             call.bridges[(a.id, b.id)] = now
+            self._touch(call)
 
     def unbridged(self, a: Any, b: Any) -> None:
         now = self.wall.now()
         for call in self._calls_of(a.id, b.id):
             self._close_bridge(call, (a.id, b.id), now)
+            self._touch(call)
 
     def recording_finished(self, leg_id: str, path: str) -> None:
         call = self._leg_call.get(leg_id)
         if call is not None and path not in call.recordings:
             call.recordings.append(path)
+            self._touch(call)
 
     def transfer_started(self, transfer: Any) -> None:
         call = self._leg_call.get(transfer.caller.id)
         if call is not None:
             call.transfers.append(TransferVisit(transfer.id, transfer.kind.value, transfer.agent.id,
                                                 transfer.agent_extension, transfer.target, self.wall.now()))
+            self._touch(call)
 
     def transfer_dial_started(self, transfer: Any, dial: "Dial") -> None:
         call = self._leg_call.get(transfer.caller.id)
@@ -417,6 +489,7 @@ class CallRecords(FlowObserver):
         visit.route = transfer.route.value if transfer.route is not None else None
         visit.target_leg, visit.result = transfer.target_leg, transfer.result.value
         visit.sip_code, visit.reason, visit.ended = transfer.sip_code, transfer.reason, self.wall.now()
+        self._touch(call)
         if transfer.target_leg and visit.result == "transferred":
             self._move(call, transfer.target_leg)
 
@@ -446,6 +519,7 @@ class CallRecords(FlowObserver):
         call = self._leg_call.get(event.leg_id) if event.leg_id else self._entry_call.get(event.entry_id)
         if call is None:
             return
+        self._touch(call)
         now = self.wall.now()
         if kind in ("queued", "rejoined"):
             call.queue = QueueVisit(event.ref, event.scope, event.entry_id, now, position=event.detail.get("position"))
@@ -480,11 +554,13 @@ class CallRecords(FlowObserver):
     def _new_call(self, kind: str, started: float) -> CallState:
         call = CallState(self._new_id(), kind, started)
         self.calls[call.id] = call
+        self._touch(call)
         return call
 
     def _add_leg(self, call: CallState, rec: LegRecord) -> None:
         call.legs[rec.id] = rec
         self._leg_call[rec.id] = call
+        self._touch(call)
         if call.started > rec.started:
             call.started = rec.started
         if rec.direction == "outbound" and rec.transport == "sip":
@@ -599,6 +675,9 @@ class CallRecords(FlowObserver):
         if call.transfers:  # only calls with a transfer carry the key (earlier records unchanged)
             record["transfers"] = [v.json() for v in call.transfers]
         self.out.write(record)
+        if self.journal is not None:
+            self._dirty.pop(call.id, None)
+            self.journal.ended(call.id)
         self._forget(call)
 
     @staticmethod
@@ -649,3 +728,76 @@ class CallRecords(FlowObserver):
             detach()
         self._entry_origin.clear()
         self.out.close()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        if self.journal is not None:
+            self.journal.close()  # every call is written: a clean stop leaves no journal
+
+    # ---- the crash journal -------------------------------------------------------------------
+    def _touch(self, call: CallState | None) -> None:
+        """`call` changed: journal its state at the end of this loop turn (one line per call
+        per turn, however many changes the turn made)."""
+        if self.journal is None or call is None or self.closed:
+            return
+        self._dirty[call.id] = None
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._schedule(self._flush_journal)
+
+    def _flush_journal(self) -> None:
+        self._flush_scheduled = False
+        if self.journal is None or self.closed:
+            return
+        now = self.wall.now()
+        for call_id in self._dirty:
+            call = self.calls.get(call_id)
+            if call is not None:
+                self.journal.note(call_id, call_state_json(call), now)
+        self._dirty.clear()
+        self._arm_heartbeat()
+
+    def _arm_heartbeat(self) -> None:
+        if (self._timers is None or self.journal is None or not self.journal.live
+                or (self._heartbeat is not None and self._heartbeat.active)):
+            return
+        self._heartbeat = self._timers.schedule(JOURNAL_HEARTBEAT_S, self._beat, "records:journal-heartbeat")
+
+    def _beat(self) -> None:
+        self._heartbeat = None
+        if self.closed or self.journal is None:
+            return
+        self.journal.alive(self.wall.now())
+        self._arm_heartbeat()
+
+    def recover_crashed(self) -> int:
+        """At start, before this process records anything: write the calls the journal of the
+        last process holds (cut off by a crash) with hang-up reason `process_crashed`, legs
+        still up ending when that process was last seen alive; then empty the journal."""
+        if self.journal is None:
+            return 0
+        contents = self.journal.read()
+        written = 0
+        for call_id, state in contents.calls.items():
+            try:
+                call = call_state_from_json(state)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("call journal %s: cannot read call %s (%s); it gets no record", self.journal.path,
+                          call_id, exc)
+                continue
+            last_seen = max([contents.last_seen or call.started, call.started]
+                            + [t for r in call.legs.values() for t in (r.started, r.answered, r.ended) if t])
+            for rec in call.legs.values():
+                if rec.ended is None:
+                    rec.ended, rec.end_reason = last_seen, CRASHED
+            if call.queue is not None and call.queue.outcome in ("waiting", "dispatching"):
+                call.queue.reason = "restart"  # the queue's own event says the same
+            self.calls[call.id] = call  # known while it is written (its bridges' legs), then forgotten
+            for leg_id in call.legs:
+                self._leg_call[leg_id] = call
+            self._write(call, {"by": "softswitch", "leg": None, "reason": CRASHED, "sip_code": None})
+            written += 1
+        self.journal.clear()
+        if written:
+            log.warning("call records: %d call(s) cut off when the last run stopped without a shutdown, "
+                        "written with hang-up reason %s (from %s)", written, CRASHED, self.journal.path)
+        return written

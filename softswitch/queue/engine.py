@@ -32,6 +32,7 @@ RETRY_ATTEMPTS = 3  # trigger.queue defaults (§2.1)
 RETRY_PAUSE_S = 30.0
 QUEUE_PLACED = "call_queue_placed"
 QUEUE_REMOVED = "call_queue_removed"
+RESTART = "restart"  # the reason of the events for live entries a restart found (their callers gone)
 
 
 class QueueError(RuntimeError):
@@ -162,15 +163,20 @@ class QueueEngine:
     def recover(self) -> RecoveryReport:
         """Load the stored queues (once, at start). Callback entries come back at their positions
         with their retry timers; a live entry's caller died with the process, so it becomes a
-        callback entry if the caller enabled callback, and is dropped otherwise. Phones must
+        callback entry if the caller enabled callback (event `callback_waiting`), and is dropped
+        otherwise (event `abandoned`), both with reason `restart`: watchers attached before this
+        call hear them. Phones must
         register again after a restart, so recovered entries are not sent Offline for lack of
         online operators until `recovery_grace_s` has passed."""
         self._stats = self.store.all_stats()
         kept = converted = dropped = 0
+        left: list[tuple[str, QueueEntry, str | None]] = []  # the restart's events, once all are loaded
         for entry in self.store.load():
             if entry.live:
+                left.append(("callback_waiting" if entry.callback_enabled else "abandoned", entry, entry.leg_id))
                 if not entry.callback_enabled:
                     self.store.delete(entry.id)
+                    entry.to_ended()
                     dropped += 1
                     continue
                 entry.to_callback()
@@ -181,6 +187,9 @@ class QueueEngine:
             self._entries[entry.id] = entry
             self._recovered.add(entry.id)
             self._arm_retry(entry)
+        for kind, entry, leg_id in left:  # the caller's call died with the process
+            position = {} if entry.ended else {"position": self._position(entry)}
+            self._note(kind, entry, leg_id=leg_id, reason=RESTART, **position)
         if self._recovered:
             self._grace_until = self.wall() + self.recovery_grace_s
             self.timers.schedule(self.recovery_grace_s, self._evaluate_soon, "queue:recovery-grace")
