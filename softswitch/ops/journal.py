@@ -121,6 +121,9 @@ class CallJournal:
         if self._live:
             self._append(_line({"op": JournalOp.ALIVE.value, "at": round(at, 3)}))
 
+    def has(self, call_id: str) -> bool:
+        return call_id in self._live
+
     @property
     def live(self) -> int:
         return len(self._live)

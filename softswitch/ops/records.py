@@ -751,7 +751,8 @@ class CallRecords(FlowObserver):
         now = self.wall.now()
         for call_id in self._dirty:
             call = self.calls.get(call_id)
-            if call is not None:
+            # A call over within the turns it lived in is written on the next turn: never journaled.
+            if call is not None and not (call.finishing and not self.journal.has(call_id)):
                 self.journal.note(call_id, call_state_json(call), now)
         self._dirty.clear()
         self._arm_heartbeat()
