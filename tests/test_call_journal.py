@@ -222,3 +222,22 @@ def test_restart_tells_watchers_of_the_live_entries_it_drops_and_converts(tmp_pa
     assert heard[1].detail["position"] == 2 and all(e.size == 2 for e in heard)
     assert [e.caller_number for e in engine.entries(SCOPE, "support")] == ["2", "3"]
     engine.close()
+
+
+# ---- records on by default --------------------------------------------------------------------
+def test_records_default_to_the_state_directory_and_null_turns_them_off(tmp_path, capsys):
+    from softswitch.cli import main
+    from softswitch.config import load_config
+
+    state = tmp_path / "var" / "state"
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(f"directories: {{state: {state}}}\n")
+    records = load_config(plain).records.in_state(state)
+    assert (records.call_records, records.queue_events) == (state / "call-records.jsonl",
+                                                            state / "queue-events.jsonl")
+    off = tmp_path / "off.yaml"
+    off.write_text(f"directories: {{state: {state}}}\nrecords: {{call_records: null, queue_events: logs/q.jsonl}}\n")
+    records = load_config(off).records.in_state(state)
+    assert (records.call_records, records.queue_events) == (None, tmp_path / "logs" / "q.jsonl")
+    assert main(["check", "--config", str(off)]) == 0
+    assert f"call records: off; queue events: {tmp_path / 'logs' / 'q.jsonl'}" in capsys.readouterr().out

@@ -155,7 +155,7 @@ class FlowEngine:
         from .transfer import FlowTransfers
         self.transfers = FlowTransfers(self)
         # -- end transfer --
-        # -- operations: call records and queue events as JSON lines, when configured (softswitch/ops) --
+        # -- operations: call records and queue events as JSON lines, on unless turned off (softswitch/ops) --
         from ..ops.queue_events import QueueEventLog
         from ..ops.records import CallRecords
         records = ua.config.records.in_state(ua.config.directories.state)
