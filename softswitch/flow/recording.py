@@ -281,6 +281,9 @@ def emit_started(a: Activation, recording: GlobalRecording, payload: Mapping[str
     """Result now, or (waitForRecordingCompletion) once the recording is finalized, with its
     final result merged in."""
     if not recording.settings.wait:
+        failure = recording.recorder.failure
+        if failure is not None:  # the disk refused the file at once: the flow goes on, told so
+            payload = {**payload, "failed": True, "error": failure.error}
         a.emit("Result", payload, sip_pbx)
         return
     if recording.final is not None:

@@ -217,7 +217,8 @@ class Metrics:
             registered_extensions=extensions,
             trunks=_trunks(ua),
             queues=_queues(handler),
-            recordings_active=len(getattr(recordings, "by_leg", ()) or ()),
+            recordings_active=sum(1 for r in (getattr(recordings, "by_leg", None) or {}).values()
+                                  if getattr(getattr(r, "recorder", None), "failure", None) is None),
             recordings_finished=getattr(recordings, "finished", None),
             recording_failures=health.failures_total if health is not None else 0,
             recording_health=health.document() if health is not None else None,
