@@ -258,3 +258,41 @@ def test_a_read_only_recordings_disk_is_one_clear_error_per_call_and_the_call_go
     wait_for(lambda: "finalized (call_ended)" in server.text(), 5, "the recording to be finalized")
     assert abs(assert_consistent_wav(path).frames / 8000 - CALL_S) < 1.0
     assert server.status()["recordings"]["failing"] is False
+
+
+RECORD_AUDIO_FLOW = """
+name: record_audio
+triggers:
+  - name: trunk_main
+    trigger: trunk
+    params: {ref: trunk_main}
+    next: {Call: [answer]}
+nodes:
+  - name: answer
+    op: call.answer
+    next: {Result: [record]}
+  - name: record
+    op: media.recordAudio
+    params: {maxDurationSeconds: 2, recordOutputType: file, recordFilePath: "{{ $json.legId }}.wav"}
+    next: {Completed: [prompt]}
+  - name: prompt
+    op: media.playAudio
+    params: {sourceType: file, filePath: "TONE"}
+"""
+
+
+def test_media_record_audio_on_a_read_only_disk_completes_failed_and_the_flow_goes_on(
+        small_disk, server_factory, tmp_path):
+    assert _run("mount", "-o", "remount,ro", str(small_disk)).returncode == 0
+    prompt = tmp_path / "tone1k.wav"
+    sf.write(prompt, tone(PROMPT_HZ, 30.0), 8000, subtype="PCM_16")
+    flow_file = tmp_path / "record_audio.yaml"
+    flow_file.write_text(RECORD_AUDIO_FLOW.replace("TONE", str(prompt)))
+    server = server_factory(flows=[str(flow_file)], metrics={"http_listen": f"127.0.0.1:{free_port('tcp')}"})
+    # The Completed branch plays the prompt: the caller hears it only if the flow went on.
+    audio = call_and_listen(server, tmp_path, "record-audio")
+    assert_prompt_heard_throughout(audio, "call whose recordAudio failed")
+    assert not list(small_disk.iterdir())
+    lines = [line for line in server.text().splitlines() if "ERROR" in line and str(small_disk) in line]
+    assert len(lines) == 1 and "Read-only file system" in lines[0], lines
+    assert server.metrics()["softswitch_recording_failures_total"] == 1

@@ -163,8 +163,9 @@ class Recordings:
             old.finish("recording_restart")
         recording = GlobalRecording(self, flow_leg, settings)
         self.by_leg[flow_leg.id] = recording
-        log.info("%s: call recording to %s (%s)", flow_leg.id, settings.path,
-                 "split channels" if settings.split else "mono")
+        if recording.recorder.failure is None:  # else its error line said it all
+            log.info("%s: call recording to %s (%s)", flow_leg.id, settings.path,
+                     "split channels" if settings.split else "mono")
         return recording
 
     def _ended(self, recording: GlobalRecording) -> None:
