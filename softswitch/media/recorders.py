@@ -422,6 +422,12 @@ class WavRecorder:
         try:
             self._rec.createRecorder(str(self.path))
         except pj.Error as exc:
+            # pjmedia creates the file before writing its header: on a full disk it stays, empty.
+            try:
+                if self.path.stat().st_size == 0:
+                    self.path.unlink()
+            except OSError:
+                pass
             raise OSError(f"cannot record to {self.path}: {exc.reason}") from None
         self.slot: int = self._rec.getPortId()
         self._sources: list[int] = []
