@@ -118,3 +118,16 @@ def test_a_file_that_never_got_audio_is_removed_not_left_empty(tmp_path):
             print("refused", exc.errno)
     """)
     assert out.strip() == "refused 27" and not nothing.exists()  # not even a 0-byte file
+
+
+def test_start_up_removes_empty_wavs_and_leaves_finalized_ones_unreported(tmp_path, caplog):
+    from softswitch.media.recorders import repair_recordings
+
+    (tmp_path / "empty.wav").write_bytes(b"")
+    wav = StreamingWav(tmp_path / "whole.wav", 8000)
+    wav.write(np.full(800, 3, np.int16))
+    wav.close()
+    with caplog.at_level("INFO"):
+        assert repair_recordings(tmp_path) == []
+    assert not (tmp_path / "empty.wav").exists() and (tmp_path / "whole.wav").exists()
+    assert "stopped while recording" not in caplog.text
