@@ -129,12 +129,11 @@ class CallRecorder:
     """
 
     def __init__(self, ua: "UserAgent", path: Path, *, split: bool = False, rate: int | None = None,
-                 owner: str = "", on_failure: Callable[[RecordingFailure], None] | None = None) -> None:
+                 owner: str = "") -> None:
         self.ua = ua
         self.path = Path(path)
         self.owner = owner or "no leg"  # "leg leg_… (call-id …)": named in the error line
-        self.failure: RecordingFailure | None = None
-        self._on_failure = on_failure
+        self.failure: RecordingFailure | None = None  # set by a disk error: the recording stopped
         self._health: RecordingHealth = getattr(ua, "recording_health", None) or RecordingHealth()
         self._token = self._health.opened()
         self._wrote_reported = False
@@ -272,8 +271,6 @@ class CallRecorder:
         self.failure = self._health.failed(self.path, self.owner, exc)
         log.error("recording %s of %s stopped: %s: %s; %s; the call goes on unrecorded",
                   self.path, self.owner, doing, self.failure.error, kept)
-        if self._on_failure is not None:
-            self._on_failure(self.failure)
 
     def _take(self, port: FramePort, which: str) -> np.ndarray:
         samples = port.read()
