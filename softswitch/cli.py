@@ -278,6 +278,15 @@ def _status_summary(doc: dict, where: str) -> str:
         lines.append(f"  {q['ref']} ({q['flow']}): {q['waiting']} waiting, longest {q['longestWaitSeconds']:.0f} s, "
                      f"{q['callbacksPending']} callbacks pending; {stats['completedCount']} answered, "
                      f"average wait {stats['averageWaitSeconds']:.0f} s")
+    recordings = doc.get("recordings")
+    if recordings:
+        last = recordings.get("lastFailure")
+        if recordings.get("failing") and last:
+            lines.append(f"recordings: FAILING since {last['path']} ({last['owner']}): {last['error']}; "
+                         f"{recordings['failures']} failed so far")
+        else:
+            lines.append(f"recordings: ok ({counts.get('recordingsActive', 0)} active, "
+                         f"{recordings['failures']} failed so far)")
     refused = ", ".join(f"{k} {v}" for k, v in overload["refusals"].items() if v) or "none"
     if overload.get("overloaded") is None:
         state = "no overload monitor"

@@ -135,3 +135,24 @@ def test_status_summary_lists_queues_trunks_and_overload():
     assert ("  queue_support (demo): 3 waiting, longest 42 s, 1 callbacks pending; 10 answered, average wait 20 s"
             in text.splitlines())
     assert "overload: OVERLOADED (cpu)" in text and "refused: cpu 7" in text
+
+
+def test_status_summary_says_when_recordings_are_failing():
+    import errno
+    from types import SimpleNamespace
+
+    from softswitch.cli import _status_summary
+    from softswitch.media.health import RecordingHealth
+    from softswitch.ops import metrics as m
+    from softswitch.sip.endpoint import LoopStats
+
+    health = RecordingHealth()
+    ua = SimpleNamespace(handler=None, registrar=None, trunks=None, loop_stats=LoopStats(), listen=None,
+                         recording_health=health)
+    health.failed("/rec/leg_1.wav", "leg leg_1 (call-id c1)", OSError(errno.ENOSPC, "No space left on device"))
+    text = _status_summary(m.status_document(m.Metrics(ua).collect(), stale=False), "127.0.0.1:9100")
+    assert ("recordings: FAILING since /rec/leg_1.wav (leg leg_1 (call-id c1)): No space left on device (ENOSPC); "
+            "1 failed so far") in text.splitlines()
+    health.wrote(health.opened())
+    text = _status_summary(m.status_document(m.Metrics(ua).collect(), stale=False), "127.0.0.1:9100")
+    assert "recordings: ok (0 active, 1 failed so far)" in text.splitlines()

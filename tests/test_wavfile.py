@@ -65,3 +65,69 @@ def test_repair_leaves_foreign_files_alone(tmp_path):
     other = tmp_path / "x.wav"
     other.write_bytes(b"not a wav at all, just text that is long enough to have a header")
     assert repair(other) is False
+
+
+def _in_a_process_with_file_size_limit(limit: int, body: str) -> str:
+    """Run `body` where the kernel refuses writes past `limit` bytes per file (RLIMIT_FSIZE:
+    a short write, then EFBIG, as a full disk does with ENOSPC); returns what it printed."""
+    script = textwrap.dedent("""
+        import resource, signal, numpy as np
+        from softswitch.media.wavfile import StreamingWav
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_BYTES, MAX_BYTES))
+    """).replace("MAX_BYTES", str(limit)) + textwrap.dedent(body)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_write_refused_mid_frame_leaves_a_wav_of_the_whole_frames_written(tmp_path):
+    path = tmp_path / "full.wav"
+    limit = 44 + 4 * 1000 + 3  # a stereo frame cut in the middle
+    out = _in_a_process_with_file_size_limit(limit, f"""
+        wav = StreamingWav({str(path)!r}, 8000, channels=2)
+        try:
+            wav.write(np.full((4000, 2), 700, np.int16))
+        except OSError as exc:
+            print("refused", exc.errno, wav.written_bytes)
+        wav.close(remove_empty=True)
+    """)
+    assert out.split()[:2] == ["refused", "27"] and int(out.split()[2]) == 4003  # EFBIG after a short write
+    info = sf.info(path)
+    assert info.frames == 1000 and path.stat().st_size == 44 + 4000  # the split frame is cut off
+    data, _ = sf.read(path, dtype="int16")
+    assert (data == 700).all()
+    assert repair(path) is False  # nothing for the start-up repair to fix
+
+
+def test_a_file_that_never_got_audio_is_removed_not_left_empty(tmp_path):
+    header_only, nothing = tmp_path / "header-only.wav", tmp_path / "nothing.wav"
+    out = _in_a_process_with_file_size_limit(44, f"""
+        wav = StreamingWav({str(header_only)!r}, 8000)
+        try:
+            wav.write(np.full(160, 5, np.int16))
+        except OSError:
+            wav.close(remove_empty=True)
+            print("removed", wav.removed)
+    """)
+    assert out.strip() == "removed True" and not header_only.exists()
+    out = _in_a_process_with_file_size_limit(10, f"""
+        try:
+            StreamingWav({str(nothing)!r}, 8000)
+        except OSError as exc:
+            print("refused", exc.errno)
+    """)
+    assert out.strip() == "refused 27" and not nothing.exists()  # not even a 0-byte file
+
+
+def test_start_up_removes_empty_wavs_and_leaves_finalized_ones_unreported(tmp_path, caplog):
+    from softswitch.media.recorders import repair_recordings
+
+    (tmp_path / "empty.wav").write_bytes(b"")
+    wav = StreamingWav(tmp_path / "whole.wav", 8000)
+    wav.write(np.full(800, 3, np.int16))
+    wav.close()
+    with caplog.at_level("INFO"):
+        assert repair_recordings(tmp_path) == []
+    assert not (tmp_path / "empty.wav").exists() and (tmp_path / "whole.wav").exists()
+    assert "stopped while recording" not in caplog.text

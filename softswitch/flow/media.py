@@ -52,6 +52,7 @@ from ..media.frameport import AudioTap
 from ..media.players import PromptPlayer
 from ..media.tones import ToneLibrary, ToneSyntaxError, dtmf_samples, parse_tone, write_pcm_wav
 from ..media.vad import SilenceDetector, VoiceDetector
+from ..media.health import RecordingFailure, RecordingHealth, describe, is_disk_error
 from ..media.wavfile import StreamingWav
 from ..sip.events import LegDtmf, LegEnded, LegEvent, LegMediaActive
 from .catalog import DTMF_DIGITS, TONE_PRESETS
@@ -306,7 +307,17 @@ class Recording(MediaOp):
         self.opts = opts
         self.direct = opts.direct(res.rate)
         self.target: Path = opts.file_path if self.direct else res.scratch / f"{self.id}.wav"  # type: ignore[assignment]
-        self.wav = StreamingWav(self.target, res.rate)
+        self.failure: RecordingFailure | None = None  # a disk error ended it (failed: true)
+        self._open_error: OSError | None = None
+        self._health: RecordingHealth = res.ua.recording_health
+        self._token = self._health.opened()
+        self.wav: StreamingWav | None = None
+        try:
+            self.wav = StreamingWav(self.target, res.rate)
+        except OSError as exc:
+            if not is_disk_error(exc):
+                raise
+            self._open_error = exc  # reported when the op starts: Completed with failed: true
         self._holder = res.ua.keep(_WavHolder(self.wav))  # finalized by the UA at shutdown too
         self.preroll_frames = 0
         self.live_frames = 0
@@ -315,13 +326,17 @@ class Recording(MediaOp):
         self._guard = None
 
     def on_slot(self, slot: int, previous: int | None) -> None:
+        if self._open_error is not None:
+            self._disk_failed(self._open_error, "could not create the file")
+            return
         if self._tap is not None:
             self._tap.attach(slot)
             return
         tap = self._tap = self.res.tap(self.flow_leg, slot)
         pre = tap.preroll()
         self.preroll_frames = pre.size // tap.spf
-        self.wav.write(pre)
+        if not self._write(pre):
+            return
         now = self.res.ua.clock.now()
         if self.opts.silence is not None:
             self._silence = SilenceDetector(*self.opts.silence, start=now)
@@ -333,9 +348,8 @@ class Recording(MediaOp):
                                                       lambda: self.finish("completed"), f"record {self.id}")
 
     def _on_frame(self, frame: np.ndarray) -> None:
-        if not self.live:
+        if not self.live or not self._write(frame):
             return
-        self.wav.write(frame)
         self.live_frames += 1
         if self._silence is not None:
             self._silence.feed(frame, self.res.ua.clock.now())
@@ -355,10 +369,57 @@ class Recording(MediaOp):
         if self._guard is not None:
             self._guard.cancel()
 
+    def _write(self, samples: np.ndarray) -> bool:
+        """Audio into the file; False (and the op failed) if the disk refused it."""
+        assert self.wav is not None
+        try:
+            self.wav.write(samples)
+        except OSError as exc:
+            self._disk_failed(exc, "could not write")
+            return False
+        if self.wav.header_updated and self._token is not None:
+            self._health.wrote(self._token)
+            self._token = None  # reported once
+        return True
+
+    def _disk_failed(self, exc: OSError, doing: str) -> None:
+        """A full or read-only disk: one error line, what was written kept as a valid WAV (no
+        file if nothing was), Completed with failed: true. The call goes on."""
+        kept = "no file is left"
+        if self.wav is not None:
+            try:
+                self.wav.close(remove_empty=True)
+                if not self.wav.removed:
+                    kept = f"the file is a valid WAV of the {self.wav.seconds:.1f} s written"
+            except OSError as header_exc:
+                kept = f"its header could not be finalized either ({describe(header_exc)}); the next start repairs it"
+        leg = self.flow_leg.leg
+        owner = f"leg {self.flow_leg.id} (call-id {getattr(leg, 'call_id', '?')}), {self.id}"
+        self.failure = self._health.failed(self.target, owner, exc)
+        log.error("recording %s of %s stopped: %s: %s; %s; the call goes on", self.target, owner, doing,
+                  self.failure.error, kept)
+        self.finish("failed")
+
     def finalize(self, status: str, reason: str | None, digit: str | None) -> None:
-        self.wav.close()
+        wav = self.wav
         self.res.ua.release(self._holder)
-        duration_ms = int(round(self.wav.seconds * 1000))
+        if wav is not None and not wav.closed:
+            try:
+                wav.close()
+            except OSError as exc:
+                self.failure = self._health.failed(self.target, f"leg {self.flow_leg.id}, {self.id}", exc)
+                log.error("recording %s of leg %s: could not finalize the header: %s; the next start repairs it",
+                          self.target, self.flow_leg.id, self.failure.error)
+        duration_ms = int(round(wav.seconds * 1000)) if wav is not None and not wav.removed else 0
+        if self.failure is not None:
+            status, reason = "failed", None
+            failure, leg_id = self.failure, self.flow_leg.id
+            self.engine.tell(lambda o: o.recording_failed(leg_id, str(self.target), failure.error))
+            details: dict = {"durationMs": duration_ms, "error": failure.error}
+            if self.direct and wav is not None and not wav.removed:
+                details.update(filePath=str(self.target), bytesProduced=self.target.stat().st_size)
+            self.conclude(MediaEnded(self.id, self.flow_leg.id, status, reason, digit, details))
+            return
         if self.direct:
             details = {"filePath": str(self.target), "durationMs": duration_ms,
                        "bytesProduced": self.target.stat().st_size}
@@ -384,11 +445,12 @@ class Recording(MediaOp):
 class _WavHolder:
     """Lets the UA close (and so finalize the header of) a recording still open at shutdown."""
 
-    def __init__(self, wav: StreamingWav) -> None:
+    def __init__(self, wav: StreamingWav | None) -> None:
         self.wav = wav
 
     def close(self) -> None:
-        self.wav.close()
+        if self.wav is not None:
+            self.wav.close()
 
 
 def _produce_recording(opts: RecordOptions, source: Path, media_id: str, rate: int,

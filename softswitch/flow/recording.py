@@ -7,6 +7,10 @@ call goes (`media.recorders.CallRecorder`). It ends when the leg ends (`call_end
 not hold the leg: the recording follows the call, never the other way round. A Recording branch
 item carries a record request (`record_…`) that expires after the trigger's
 `recordResponseTimeoutSeconds` if no `respond.toRecord` answers it.
+
+A disk error (full or read-only recordings disk) stops the recording, not the call or the flow:
+the node's Result is emitted as usual, the recording stays the leg's until it ends, and its final
+result (and the call record) say `failed: true` with the error.
 """
 
 from __future__ import annotations
@@ -78,12 +82,13 @@ class GlobalRecording:
         self.settings = settings
         self.final: dict[str, Any] | None = None
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        leg = flow_leg.leg
+        owner = f"leg {flow_leg.id} (call-id {leg.call_id})" if getattr(leg, "call_id", None) else f"leg {flow_leg.id}"
         try:
             self.recorder = CallRecorder(recordings.engine.ua, settings.path, split=settings.split,
-                                         rate=settings.rate)
+                                         rate=settings.rate, owner=owner)
         except (OSError, RuntimeError) as exc:
             raise NodeFailed(f"cannot record to {settings.path}: {exc}") from None
-        leg = flow_leg.leg
         if leg.slot is not None:
             try:
                 self.recorder.attach(leg.slot)
@@ -114,9 +119,18 @@ class GlobalRecording:
             "recordFileFormat": "wav", "recordSplitChannels": self.settings.split,
         }
         self.recordings._ended(self)
-        log.info("%s: call recording %s finalized (%s): %.1f s", self.leg_id, result.path, reason,
-                 result.duration_ms / 1000)
-        self.recordings.engine.tell(lambda o: o.recording_finished(self.leg_id, str(result.path)))
+        path = str(result.path)
+        if result.failure is not None:  # a disk error stopped it earlier (logged then, once)
+            self.final.update(failed=True, error=result.failure.error)
+            log.info("%s: call recording %s ended (%s) after a disk error: %.1f s kept%s", self.leg_id, path,
+                     reason, result.duration_ms / 1000, ", no file" if result.removed else "")
+            self.recordings.failed += 1
+            self.recordings.engine.tell(lambda o: o.recording_failed(self.leg_id, path, result.failure.error))
+        else:
+            log.info("%s: call recording %s finalized (%s): %.1f s", self.leg_id, path, reason,
+                     result.duration_ms / 1000)
+        if not result.removed:
+            self.recordings.engine.tell(lambda o: o.recording_finished(self.leg_id, path))
         for listener in list(self.listeners):
             listener(self.final)
         return self.final
@@ -139,6 +153,7 @@ class Recordings:
         self.by_leg: dict[str, GlobalRecording] = {}
         self.requests: dict[str, RecordRequest] = {}
         self.finished = 0  # recordings finalized so far (metrics)
+        self.failed = 0  # of those, stopped by a disk error
 
     # ---- recordings ----------------------------------------------------------------------
     def start(self, flow_leg: "FlowLeg", settings: RecordSettings) -> GlobalRecording:
@@ -148,8 +163,9 @@ class Recordings:
             old.finish("recording_restart")
         recording = GlobalRecording(self, flow_leg, settings)
         self.by_leg[flow_leg.id] = recording
-        log.info("%s: call recording to %s (%s)", flow_leg.id, settings.path,
-                 "split channels" if settings.split else "mono")
+        if recording.recorder.failure is None:  # else its error line said it all
+            log.info("%s: call recording to %s (%s)", flow_leg.id, settings.path,
+                     "split channels" if settings.split else "mono")
         return recording
 
     def _ended(self, recording: GlobalRecording) -> None:
@@ -266,6 +282,9 @@ def emit_started(a: Activation, recording: GlobalRecording, payload: Mapping[str
     """Result now, or (waitForRecordingCompletion) once the recording is finalized, with its
     final result merged in."""
     if not recording.settings.wait:
+        failure = recording.recorder.failure
+        if failure is not None:  # the disk refused the file at once: the flow goes on, told so
+            payload = {**payload, "failed": True, "error": failure.error}
         a.emit("Result", payload, sip_pbx)
         return
     if recording.final is not None:

@@ -98,6 +98,10 @@ class FlowObserver:
     def recording_finished(self, leg_id: str, path: str) -> None:
         """A file recorded from a leg is complete (call recording or media.recordAudio)."""
 
+    def recording_failed(self, leg_id: str, path: str, error: str) -> None:
+        """A disk error stopped a recording of a leg (`path` is then kept with what was written,
+        or gone if nothing was: `recording_finished` follows only if the file exists)."""
+
     def transfer_started(self, transfer: "Transfer") -> None:
         """An agent phone's REFER was accepted (flow/transfer.py)."""
 

@@ -45,8 +45,16 @@ class _WelcomeCall:
             self.player = PromptPlayer(ua, self.handler.prompt, on_done=lambda _: self.leg.hangup(200, "completed"))
             self.player.play_to(event.slot)
             if self.handler.record_dir is not None:
-                self.recorder = WavRecorder(ua, self.handler.record_dir / f"{self.leg.id}.wav")
-                self.recorder.record_from(event.slot)
+                path = self.handler.record_dir / f"{self.leg.id}.wav"
+                try:
+                    self.recorder = WavRecorder(ua, path)
+                except OSError as exc:  # a full or read-only disk: the call goes on unrecorded
+                    owner = f"leg {self.leg.id} (call-id {self.leg.call_id})"
+                    failure = ua.recording_health.failed(path, owner, exc)
+                    log.error("recording %s of %s could not start: %s; the call goes on unrecorded",
+                              path, owner, failure.error)
+                else:
+                    self.recorder.record_from(event.slot)
         elif isinstance(event, LegEnded):
             if self.player is not None:
                 self.player.stop()

@@ -11,6 +11,11 @@ UA loop drains both in batches every `DRAIN_INTERVAL_S` with numpy, never per sa
 
 `WavRecorder` is pjsua's own recorder (one slot to a file, header written on close), kept for
 `run --record` with the built-in welcome handler.
+
+Disk errors (a full or read-only recordings disk) stop the one recording they hit, never the
+call: one ERROR line names the file, the leg/call and the error; the file is cut back to the
+whole frames written and its header finalized (or, with no audio in it, removed); the UA's
+`RecordingHealth` counts the failure for metrics and `/status`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import pjsua2 as pj
 
 from . import bridge
 from .frameport import FramePort
+from .health import RecordingFailure, RecordingHealth, describe, is_disk_error
 from .wavfile import StreamingWav, repair_directory
 
 if TYPE_CHECKING:
@@ -53,6 +59,8 @@ class RecordingResult:
     bytes_produced: int
     channels: int
     rate: int
+    failure: RecordingFailure | None = None  # a disk error stopped the recording (what it says)
+    removed: bool = False  # it failed before any audio was written: no file was left
 
 
 class RecordingMixer:
@@ -120,9 +128,15 @@ class CallRecorder:
     the leg had media and the recording was running.
     """
 
-    def __init__(self, ua: "UserAgent", path: Path, *, split: bool = False, rate: int | None = None) -> None:
+    def __init__(self, ua: "UserAgent", path: Path, *, split: bool = False, rate: int | None = None,
+                 owner: str = "") -> None:
         self.ua = ua
         self.path = Path(path)
+        self.owner = owner or "no leg"  # "leg leg_… (call-id …)": named in the error line
+        self.failure: RecordingFailure | None = None  # set by a disk error: the recording stopped
+        self._health: RecordingHealth = getattr(ua, "recording_health", None) or RecordingHealth()
+        self._token = self._health.opened()
+        self._wrote_reported = False
         self.split = split
         self.bridge_rate: int = ua.config.media.clock_rate
         self.rate = int(rate or self.bridge_rate)
@@ -133,17 +147,28 @@ class CallRecorder:
         self._bridge: bridge.Bridge = ua.bridge
         self._attached_once = False
         self._overruns = {"in": 0, "out": 0}
-        self._wav = StreamingWav(self.path, self.rate, self.channels)
         self._in: FramePort | None = None
         self._out: FramePort | None = None
+        self._remove_poller: Callable[[], None] = lambda: None
+        self.mixer = RecordingMixer(self._write, channels=self.channels,  # replaced once the taps exist
+                                    samples_per_frame=self.bridge_rate // 50, bridge_rate=self.bridge_rate,
+                                    rate=self.rate)
+        self._wav: StreamingWav | None = None
+        try:
+            self._wav = StreamingWav(self.path, self.rate, self.channels)
+        except OSError as exc:
+            if not is_disk_error(exc):
+                raise  # not the disk: the path itself is wrong (a directory, ...): the caller says so
+            self._fail(exc, "could not create the file", "no file is left")  # the call goes on unrecorded
+            return
         try:
             self._in = FramePort(ua, "rec-in", capacity_frames=TAP_FRAMES, tx_capacity_frames=2)
             self._out = FramePort(ua, "rec-out", capacity_frames=TAP_FRAMES, tx_capacity_frames=2)
         except Exception:
             self._close_ports()
-            self._wav.close()
+            self._wav.close(remove_empty=True)
             raise
-        self.mixer = RecordingMixer(self._wav.write, channels=self.channels,
+        self.mixer = RecordingMixer(self._write, channels=self.channels,
                                     samples_per_frame=self._in.samples_per_frame,
                                     bridge_rate=self.bridge_rate, rate=self.rate)
         self._next_drain = 0.0
@@ -157,11 +182,13 @@ class CallRecorder:
     # ---- wiring (UA thread) ---------------------------------------------------------------
     def attach(self, slot: int) -> None:
         """Tap the leg at `slot` (again after a re-INVITE moved it)."""
-        if self.closed or slot == self.slot:
+        if self.closed or self.failure is not None or slot == self.slot:
             return
         if self.slot is not None:
             self.drain()
             self._detach()
+            if self.failure is not None:
+                return
         bridge.connect(slot, self._in.slot)
         self._bridge.add_mirror(slot, self._out.slot)
         self.slot = slot
@@ -203,14 +230,47 @@ class CallRecorder:
 
     def drain(self, *, final: bool = False) -> None:
         """Move what both taps collected into the file, aligned frame by frame."""
-        if self.closed:
+        if self.closed or self.failure is not None:
             return
         inbound = self._take(self._in, "in")
         outbound = self._take(self._out, "out")
         if self.slot is None:
             self.mixer.discard()
             return
-        self.mixer.push(inbound, outbound, final=final)
+        try:
+            self.mixer.push(inbound, outbound, final=final)
+        except OSError as exc:  # from _write: the disk refused the audio
+            self._fail(exc, "could not write")
+            return
+        if not self._wrote_reported and self._wav is not None and self._wav.header_updated:
+            self._wrote_reported = True
+            if self._health.wrote(self._token):
+                log.info("recordings are written again (%s, %s)", self.path, self.owner)
+
+    def _write(self, samples: np.ndarray) -> None:
+        assert self._wav is not None
+        self._wav.write(samples)
+
+    def _fail(self, exc: BaseException, doing: str, kept: str = "") -> None:
+        """A disk error: stop this recording for good, keep what reached the disk as a valid
+        WAV (or no file if nothing did), say so once. The call is not touched."""
+        self._remove_poller()
+        try:
+            self._detach()
+        except RuntimeError:
+            pass
+        if not kept and self._wav is not None:
+            kept = "no audio was written, so no file is left"
+            try:
+                self._wav.close(remove_empty=True)
+                if not self._wav.removed:
+                    kept = f"the file is a valid WAV of the {self._wav.seconds:.1f} s written"
+            except OSError as header_exc:
+                kept = (f"its header could not be finalized either ({describe(header_exc)}); the next start "
+                        "repairs it")
+        self.failure = self._health.failed(self.path, self.owner, exc)
+        log.error("recording %s of %s stopped: %s: %s; %s; the call goes on unrecorded",
+                  self.path, self.owner, doing, self.failure.error, kept)
 
     def _take(self, port: FramePort, which: str) -> np.ndarray:
         samples = port.read()
@@ -242,9 +302,22 @@ class CallRecorder:
         except RuntimeError:
             pass
         self._close_ports()
-        self._wav.close()
-        self.result = RecordingResult(self.path, int(round(self._wav.seconds * 1000)),
-                                      self._wav.data_bytes + 44, self.channels, self.rate)
+        wav = self._wav
+        if wav is not None and not wav.closed:
+            try:
+                wav.close()
+            except OSError as exc:  # the final header write: the next start repairs the header
+                self._fail(exc, "could not finalize the header", "the next start repairs the header")
+        if wav is not None and not wav.removed:
+            seconds, size = wav.seconds, wav.data_bytes + 44
+        else:
+            seconds, size = 0.0, 0
+        self.result = RecordingResult(self.path, int(round(seconds * 1000)), size, self.channels, self.rate,
+                                      self.failure, wav is None or wav.removed)
+        if self.failure is None and seconds > 0 and not self._wrote_reported:
+            self._wrote_reported = True
+            if self._health.wrote(self._token):
+                log.info("recordings are written again (%s, %s)", self.path, self.owner)
         self.ua.release(self)
         return self.result
 
@@ -259,7 +332,7 @@ class CallRecorder:
 
     @property
     def seconds(self) -> float:
-        return self._wav.seconds
+        return self._wav.seconds if self._wav is not None and not self._wav.removed else 0.0
 
 
 def mix_frames(inbound: np.ndarray, outbound: np.ndarray, channels: int) -> np.ndarray:
@@ -314,10 +387,22 @@ class _LinearResampler:
 
 
 def repair_recordings(directory: Path) -> list[Path]:
-    """Start-up: make every WAV a crash left unfinished cover all its audio; logs what it fixed."""
+    """Start-up: make every WAV a crash left unfinished cover all its audio; logs what it fixed.
+    Empty `.wav` files (a call started on a full disk, by an earlier version) are removed."""
+    directory = Path(directory)
+    if directory.is_dir():
+        for path in directory.rglob("*.wav"):
+            try:
+                if path.is_file() and path.stat().st_size == 0:
+                    path.unlink()
+                    log.warning("removed empty recording %s (no audio was ever written to it)", path)
+            except OSError:
+                continue
     fixed = repair_directory(directory)
     for path in fixed:
-        log.warning("repaired unfinished recording %s (the process stopped while recording)", path)
+        # Files finalized after a disk error already match their audio and are not listed here.
+        log.warning("repaired unfinished recording %s: its header now covers all the audio on disk "
+                    "(the process stopped while recording, or a disk error kept it from finalizing the header)", path)
     if fixed:
         log.info("repaired %d unfinished recording(s) in %s", len(fixed), directory)
     return fixed
@@ -334,6 +419,12 @@ class WavRecorder:
         try:
             self._rec.createRecorder(str(self.path))
         except pj.Error as exc:
+            # pjmedia creates the file before writing its header: on a full disk it stays, empty.
+            try:
+                if self.path.stat().st_size == 0:
+                    self.path.unlink()
+            except OSError:
+                pass
             raise OSError(f"cannot record to {self.path}: {exc.reason}") from None
         self.slot: int = self._rec.getPortId()
         self._sources: list[int] = []

@@ -5,6 +5,10 @@ and data sizes in the header at least every `header_interval` seconds of audio, 
 `kill -9` the file is a valid WAV holding everything up to the last header update, and all the
 audio written after it is still on disk. `repair()` (run at start-up over the recordings
 directory) extends the header over that tail, so nothing written before the kill is lost.
+
+A write that fails (a full disk: `ENOSPC` after a short write) raises `OSError` with the bytes that
+did reach the disk counted; `close()` then cuts the file back to whole frames and finalizes the
+header over them, so the file stays a valid WAV of what was written.
 """
 
 from __future__ import annotations
@@ -34,16 +38,30 @@ class StreamingWav:
         self.path = Path(path)
         self.rate = rate
         self.channels = channels
-        self.data_bytes = 0
-        self._header_every = max(1, int(header_interval * rate)) * channels * 2
+        self.block = channels * 2
+        self.written_bytes = 0  # audio bytes that reached the file (a short write may split a frame)
+        self.removed = False  # close(remove_empty=True) deleted a file that held no audio
+        self._header_every = max(1, int(header_interval * rate)) * self.block
         self._header_written_at = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.write(self._fd, _header(channels, rate, 0))
+        try:
+            _write_all(self._fd, _header(channels, rate, 0))
+        except OSError:
+            # Created but not even a header fits (a full disk): leave no empty file behind.
+            os.close(self._fd)
+            self._fd = None
+            _unlink_quietly(self.path)
+            raise
+
+    @property
+    def data_bytes(self) -> int:
+        """Audio bytes in whole frames: what the finalized header covers."""
+        return self.written_bytes // self.block * self.block
 
     @property
     def seconds(self) -> float:
-        return self.data_bytes / (self.rate * self.channels * 2)
+        return self.data_bytes / (self.rate * self.block)
 
     @property
     def closed(self) -> bool:
@@ -53,25 +71,58 @@ class StreamingWav:
         if self._fd is None or samples.size == 0:
             return
         data = np.ascontiguousarray(samples, dtype="<i2").tobytes()
-        os.write(self._fd, data)
-        self.data_bytes += len(data)
+        view = memoryview(data)
+        while view:  # a full disk first writes short, then raises ENOSPC: count what got there
+            n = os.write(self._fd, view)
+            self.written_bytes += n
+            view = view[n:]
         if self.data_bytes - self._header_written_at >= self._header_every:
             self._update_header()
 
+    @property
+    def header_updated(self) -> bool:
+        """Whether a header covering some audio has reached the file (writing works)."""
+        return self._header_written_at > 0
+
     def _update_header(self) -> None:
         assert self._fd is not None
-        os.pwrite(self._fd, struct.pack("<I", 36 + self.data_bytes), _RIFF_SIZE_AT)
-        os.pwrite(self._fd, struct.pack("<I", self.data_bytes), _DATA_SIZE_AT)
-        self._header_written_at = self.data_bytes
+        data_bytes = self.data_bytes
+        os.pwrite(self._fd, struct.pack("<I", 36 + data_bytes), _RIFF_SIZE_AT)
+        os.pwrite(self._fd, struct.pack("<I", data_bytes), _DATA_SIZE_AT)
+        self._header_written_at = data_bytes
 
-    def close(self) -> None:
+    def close(self, *, remove_empty: bool = False) -> None:
+        """Finalize the header over the whole frames written (cutting a frame a failed write
+        split) and close. `remove_empty`: a file that holds no audio is deleted instead (a
+        recording that failed before writing anything leaves no file). Raises OSError if the
+        header could not be written (the file is then fixed by `repair` at the next start)."""
         if self._fd is None:
             return
         try:
+            if remove_empty and self.data_bytes == 0:
+                self.removed = True
+                _unlink_quietly(self.path)
+                return
+            if self.written_bytes != self.data_bytes:
+                os.ftruncate(self._fd, HEADER_BYTES + self.data_bytes)  # shrinking needs no free space
+                self.written_bytes = self.data_bytes
             self._update_header()
         finally:
             os.close(self._fd)
             self._fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def repair(path: Path) -> bool:

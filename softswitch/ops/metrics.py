@@ -114,6 +114,8 @@ class MetricsSnapshot:
     queues: tuple[QueueGauge, ...]
     recordings_active: int
     recordings_finished: int | None  # None: this build's recordings do not count them
+    recording_failures: int  # recordings stopped by a disk error (full, read-only)
+    recording_health: Mapping[str, Any] | None  # /status "recordings"; None: the UA has none
     executions_active: int
     errors: Mapping[str, int]
     sip_responses: Mapping[tuple[str, int], int]  # (sent | received, code)
@@ -192,6 +194,7 @@ class Metrics:
         responses_of = getattr(registrar, "sip_response_counts", None)
         responses = dict(responses_of()) if callable(responses_of) else {}
         recordings = getattr(handler, "recordings", None)
+        health = getattr(ua, "recording_health", None)
         runner = getattr(handler, "runner", None)
         stats = ua.loop_stats
         process = read_process()
@@ -214,8 +217,11 @@ class Metrics:
             registered_extensions=extensions,
             trunks=_trunks(ua),
             queues=_queues(handler),
-            recordings_active=len(getattr(recordings, "by_leg", ()) or ()),
+            recordings_active=sum(1 for r in (getattr(recordings, "by_leg", None) or {}).values()
+                                  if getattr(getattr(r, "recorder", None), "failure", None) is None),
             recordings_finished=getattr(recordings, "finished", None),
+            recording_failures=health.failures_total if health is not None else 0,
+            recording_health=health.document() if health is not None else None,
             executions_active=len({id(a.execution) for a in runner.running.values()}) if runner is not None else 0,
             errors=self.errors.counts() if self.errors is not None else {},
             sip_responses=responses,
@@ -405,6 +411,13 @@ def families(snap: MetricsSnapshot | None, *, stale: bool, process: ProcessGauge
         if snap.recordings_finished is not None:
             out.append(_Family("softswitch_recordings_finished_total", "counter", "Call recordings finalized")
                        .add(snap.recordings_finished))
+        out.append(_Family("softswitch_recording_failures_total", "counter",
+                           "Recordings stopped by a disk error (full or read-only recordings disk)")
+                   .add(snap.recording_failures))
+        if snap.recording_health is not None:
+            out.append(_Family("softswitch_recordings_failing", "gauge",
+                               "1 from a recording's disk error until a recording started after it writes audio")
+                       .add(1 if snap.recording_health["failing"] else 0))
         out.append(_Family("softswitch_flow_executions_active", "gauge",
                            "Flow executions with a node running or waiting").add(snap.executions_active))
         fam = _Family("softswitch_errors_total", "counter", "Log records at ERROR or above, by logger")
@@ -490,6 +503,7 @@ def status_document(snap: MetricsSnapshot | None, *, stale: bool, http_listen: s
             "errors": sum(snap.errors.values()),
         },
         "hangups": dict(sorted(snap.hangups.items())),
+        "recordings": dict(snap.recording_health) if snap.recording_health is not None else None,
         "registrations": {"bindings": snap.registrations, "extensions": list(snap.registered_extensions)},
         "trunks": [{"connection": t.connection, "register": t.register, "registered": t.registered,
                     "lastCode": t.last_code, "lastReason": t.last_reason} for t in snap.trunks],

@@ -228,6 +228,7 @@ class CallState:
     callback_of: str | None = None
     callback_entry: str | None = None
     recordings: list[str] = field(default_factory=list)
+    recording_failures: list[dict[str, str]] = field(default_factory=list)  # disk errors: path, error
     transfers: list[TransferVisit] = field(default_factory=list)
     talk_s: float = 0.0
     bridges: dict[tuple[str, str], float] = field(default_factory=dict)  # open: (a, b) -> since
@@ -468,6 +469,11 @@ class CallRecords(FlowObserver):
             call.recordings.append(path)
             self._touch(call)
 
+    def recording_failed(self, leg_id: str, path: str, error: str) -> None:
+        call = self._leg_call.get(leg_id)
+        if call is not None:
+            call.recording_failures.append({"leg": leg_id, "path": path, "error": error})
+
     def transfer_started(self, transfer: Any) -> None:
         call = self._leg_call.get(transfer.caller.id)
         if call is not None:
@@ -672,6 +678,8 @@ class CallRecords(FlowObserver):
             "queue": visit.json() if visit is not None else None, "talk_seconds": _seconds(call.talk_s),
             "recordings": list(call.recordings), "hangup": hangup or self._hangup(call, legs),
         }
+        if call.recording_failures:  # only calls whose recording hit a disk error carry the key
+            record["recording_failures"] = list(call.recording_failures)
         if call.transfers:  # only calls with a transfer carry the key (earlier records unchanged)
             record["transfers"] = [v.json() for v in call.transfers]
         self.out.write(record)

@@ -161,6 +161,8 @@ class UserAgent:
         self._stop_requested = threading.Event()
         self._startup_error: BaseException | None = None
         self._pollers: list[Callable[[], None]] = []
+        from ..media.health import RecordingHealth
+        self.recording_health = RecordingHealth()  # every recorder reports disk failures here
         # Strong references to every live pjsua2 object we created (calls, players, recorders,
         # frame ports): a Call without a Python reference is destroyed and answered 603.
         self.legs: dict[str, "Leg"] = {}
