@@ -1527,9 +1527,11 @@ static pj_bool_t on_rx_request(pjsip_rx_data *rdata) {
         user_t *u = NULL;
         auth_result_t ar = verify_digest(r, rdata, 0, &u);
         /* A valid registration from a trunk address always passes (a dynamic trunk's refresh, a phone
-         * behind the same address): the nonce is bound to the address and sent there, so a forger
-         * who does not receive its traffic cannot make one. Challenges and failures are limited. */
-        if (trunk_address && ar != AUTH_OK && !trunk_limit_admits(r, rdata, src, TRUNK_REQUESTS)) return PJ_TRUE;
+         * behind the same address), and so does a right answer to a nonce gone stale (it gets a fresh
+         * challenge): the nonce is bound to the address and sent there, so a forger who does not
+         * receive its traffic can make neither. Other challenges and the failures are limited. */
+        if (trunk_address && ar != AUTH_OK && ar != AUTH_STALE && !trunk_limit_admits(r, rdata, src, TRUNK_REQUESTS))
+            return PJ_TRUE;
         handle_register(r, rdata, src, trunk_address, ar, u);
         return PJ_TRUE;
     }

@@ -10,6 +10,7 @@ import json
 import re
 import socket
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.sipp
 
 TRUNK_IP = "127.0.0.20"  # the carrier's address, and the attacker's forged source
 CRACKER_IP, PHONE_IP, FLOODER_IP = "127.0.0.21", "127.0.0.22", "127.0.0.23"
+DYNAMIC_IP = "127.0.0.24"  # where the dynamic trunk `pbx` registers from
 FAILURE_LIMIT = 3
 
 TONE_FLOW = """
@@ -37,6 +39,10 @@ triggers:
     trigger: trunk
     params: {ref: trunk_main}
     next: {Call: [answer]}
+  - name: pbx
+    trigger: trunk
+    params: {ref: pbx}
+    next: {Call: [answer]}
 nodes:
   - name: answer
     op: call.answer
@@ -49,7 +55,7 @@ nodes:
 
 def edge_server(server_factory, tmp_path: Path, *, carrier: dict | None = None, **sections):
     """A server with the carrier trunk on TRUNK_IP, small edge limits (so the attacks are short), the
-    tone flow, JSON logs and /metrics."""
+    dynamic trunk `pbx`, the tone flow, JSON logs and /metrics."""
     flow = tmp_path / "lockout-flow.yaml"
     flow.write_text(TONE_FLOW)
     security = {"auth_failure_limit": FAILURE_LIMIT, "block_seconds": 60, "flood_requests_per_second": 10,
@@ -58,7 +64,8 @@ def edge_server(server_factory, tmp_path: Path, *, carrier: dict | None = None, 
     return server_factory(
         flows=[str(flow)], security=security,
         trunks={"trunk_main": {"address": "127.0.0.1", "port": 0},
-                "carrier": {"address": TRUNK_IP, "port": 0, **(carrier or {})}},
+                "carrier": {"address": TRUNK_IP, "port": 0, **(carrier or {})},
+                "pbx": {"mode": "dynamic", "username": "pbx7", "password": "s3cret"}},
         logging={"level": "info", "format": "json", "pjsip_level": 1},
         metrics={"http_listen": f"127.0.0.1:{free_port('tcp')}"}, **sections)
 
@@ -192,6 +199,36 @@ def test_forged_register_failures_and_options_flood_do_not_lock_out_the_trunks_c
     assert {"trunk_auth_failure", "trunk_auth_failure_limit", "trunk_requests_limited",
             "trunk_options_limited", "trunk_over_flood_rate"} <= names, names
     assert not names & {"auth_failure_blocked", "flood_blocked"}, names
+
+
+def test_a_dynamic_trunks_address_is_not_blocked_and_its_refresh_and_calls_go_on(server_factory, tmp_path):
+    server = edge_server(server_factory, tmp_path)
+    port = server.sip_port
+    uri = f"sip:127.0.0.1:{port}"
+    with SipClient(("127.0.0.1", port), local_ip=DYNAMIC_IP, timeout=5) as pbx:
+        headers = [("Contact", f"<sip:pbx7@{DYNAMIC_IP}:{pbx.local_port}>"), ("Expires", "600")]
+        pbx.send(pbx.request("REGISTER", uri, from_user="pbx7", headers=headers))
+        challenge = pbx.final()
+        assert challenge is not None and challenge.status == 401
+        assert pbx.answer_challenge("REGISTER", uri, challenge, "pbx7", "s3cret", headers=headers,
+                                    nc=1).status == 200
+
+        # Its registered address is a trunk address now: forged failures from it never block it.
+        with SipClient(("127.0.0.1", port), local_ip=DYNAMIC_IP, timeout=0.2) as forger:
+            refused = [a for a in (forged_register(forger, port, i) for i in range(12)) if a is not None]
+        assert len(refused) > FAILURE_LIMIT and all(a.status == 403 for a in refused), [a.status for a in refused]
+
+        # Its refresh (the nonce it has, the next nc, as a PBX sends it) passes whatever the limits ...
+        refresh = pbx.answer_challenge("REGISTER", uri, challenge, "pbx7", "s3cret", headers=headers, nc=2)
+        assert refresh is not None and refresh.status == 200
+        # ... and its call is admitted as the trunk's and answered.
+        pbx.call_id = uuid.uuid4().hex
+        invite_uri = send_invite(pbx, port, sdp(DYNAMIC_IP, 40000))
+        answer = pbx.final()
+        assert answer is not None and answer.status == 200, answer and answer.raw
+        pbx.ack_and_bye(answer, invite_uri, from_user="carrier", to_user="5550100")
+    assert decisions(server)["trunk_not_blocked"] >= 1
+    assert "via trunk pbx" in server.text()
 
 
 @pytest.mark.parametrize("limit", ["trunk", "limits"])
