@@ -178,10 +178,10 @@ typedef struct source_slot {
     double tokens;
     pj_uint64_t tokens_at;
     pj_uint64_t last_seen;
-    /* A trunk address's own limits (it is never blocked); the flags say a run of drops (or of
-     * requests over the flood rate) has begun and was logged, so a flood logs once, not per request. */
+    /* A trunk address's own limits (it is never blocked), and when each kind of its security
+     * events was last logged: a forged flood must not flood the log either. */
     token_bucket_t trunk_options, trunk_requests;
-    unsigned char options_limited, requests_limited, over_flood_rate;
+    pj_uint64_t options_logged, requests_logged, flood_logged, failures_quiet_until;
 } source_slot_t;
 
 typedef struct classify_slot {
@@ -449,6 +449,16 @@ static int source_admit(RegistrarObject *r, source_slot_t *s) {
     return 1;
 }
 
+/* A trunk address's security events of one kind are logged at most this often (every one is counted). */
+#define TRUNK_LOG_INTERVAL_MS 10000
+
+static int trunk_log_due(pj_uint64_t *logged) {
+    pj_uint64_t now = now_ms();
+    if (*logged && now - *logged < TRUNK_LOG_INTERVAL_MS) return 0;
+    *logged = now;
+    return 1;
+}
+
 /* Takes a token from `b`: 0 when it is empty (a rate of 0 is no limit). */
 static int bucket_take(token_bucket_t *b, double rate, double burst) {
     if (rate <= 0) return 1;
@@ -479,8 +489,9 @@ static int failure_limit_reached(RegistrarObject *r, source_slot_t *s) {
 
 /* An auth failure (the caller answered 403). A source that is no trunk address is blocked at the
  * limit, as a password cracker should be. A trunk address never is: anyone can send a wrong
- * password with the trunk's address as source, and a block would silence the trunk's calls; the
- * failure is counted and logged, and reaching the limit is logged as the block it did not cause. */
+ * password with the trunk's address as source, and a block would silence the trunk's calls. Each
+ * failure is counted; they are logged as from any source up to the limit, which is logged as the
+ * block it did not cause, and then not again until the failure window has passed. */
 static void auth_failed(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t *s, int trunk_address,
                         const char *what) {
     r->n_auth_failures++;
@@ -497,6 +508,9 @@ static void auth_failed(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t 
     r->n_security[SEC_TRUNK_AUTH_FAILURE]++;
     int at_limit = failure_limit_reached(r, s);
     if (at_limit) r->n_security[SEC_TRUNK_NOT_BLOCKED]++;
+    pj_uint64_t now = now_ms();
+    if (now < s->failures_quiet_until) return;
+    if (at_limit) s->failures_quiet_until = now + (pj_uint64_t)r->fail_window * 1000;
     snprintf(detail, sizeof(detail), "%s; %s", what,
              at_limit ? "auth_failure_limit reached from a trunk address: not blocked, its calls go on"
                       : "from a trunk address: never blocked");
@@ -1285,25 +1299,19 @@ typedef enum { TRUNK_OPTIONS, TRUNK_REQUESTS } trunk_limit_t;
  * trunk and every other method (security.trunk_requests_per_second); each bucket holds two
  * seconds' worth. Over one, the request is dropped: not answered, so a forged flood sends nothing
  * to the real trunk, and never a block, so the trunk's INVITEs and OPTIONS within the rate go on.
- * Every drop is counted; the first of a run is logged. */
+ * Every drop is counted; one in TRUNK_LOG_INTERVAL_MS is logged. */
 static int trunk_limit_admits(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t *s, trunk_limit_t which) {
     int options = which == TRUNK_OPTIONS;
     double rate = options ? r->trunk_options_rate : r->trunk_requests_rate;
-    unsigned char *limited = options ? &s->options_limited : &s->requests_limited;
-    if (bucket_take(options ? &s->trunk_options : &s->trunk_requests, rate, 2 * rate)) {
-        *limited = 0;
-        return 1;
-    }
+    if (bucket_take(options ? &s->trunk_options : &s->trunk_requests, rate, 2 * rate)) return 1;
     r->n_dropped++;
     r->n_security[options ? SEC_TRUNK_OPTIONS_DROPPED : SEC_TRUNK_REQUESTS_DROPPED]++;
-    if (!*limited) {
-        *limited = 1;
+    if (trunk_log_due(options ? &s->options_logged : &s->requests_logged))
         security_event(r, options ? "trunk_options_limited" : "trunk_requests_limited", rdata,
                        options ? "OPTIONS from a trunk address over security.trunk_options_per_second: dropped, "
                                  "the address is not blocked"
                                : "request from a trunk address over security.trunk_requests_per_second: dropped, "
                                  "the address is not blocked");
-    }
     return 0;
 }
 
@@ -1383,10 +1391,9 @@ static void refuse_overloaded(RegistrarObject *r, pjsip_rx_data *rdata, refusal_
 }
 
 /* Admits (PJ_FALSE: pjsua creates the call) or answers 503 (PJ_TRUE), for an INVITE the gate
- * classified; the classification is kept only for an admitted one. */
-/* A trunk's call also takes a token from the trunk's own call bucket (`calls`, `cps` a second,
- * holding one second's worth), checked first; a token taken there is given back when the
- * process-wide gate refuses the call. */
+ * classified; the classification is kept only for an admitted one. A trunk's call also takes a
+ * token from the trunk's own call bucket (`calls`, `cps` a second, holding one second's worth),
+ * checked first; that token is given back when the process-wide gate refuses the call. */
 static pj_bool_t admit(RegistrarObject *r, pjsip_rx_data *rdata, const char *kind, const char *ref,
                        const char *extension, const char *group, token_bucket_t *calls, double cps) {
     refusal_t why;
@@ -1509,12 +1516,9 @@ static pj_bool_t on_rx_request(pjsip_rx_data *rdata) {
         }
         /* A trunk address is never blocked: its INVITEs meet the overload gate, the rest its own limits. */
         r->n_security[SEC_TRUNK_OVER_FLOOD_RATE]++;
-        if (!src->over_flood_rate)
+        if (trunk_log_due(&src->flood_logged))
             security_event(r, "trunk_over_flood_rate", rdata,
                            "request rate from a trunk address over the flood limit: not blocked");
-        src->over_flood_rate = 1;
-    } else {
-        src->over_flood_rate = 0;
     }
     if (agent_refused(r, rdata)) {
         r->n_dropped++;
