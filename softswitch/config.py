@@ -336,8 +336,9 @@ class SecurityConfig:
     # source address is trivial to forge. What is not the trunk's calls is limited per address
     # instead, the excess dropped (README "Trunk addresses and the block list"); 0: no limit.
     trunk_options_per_second: int = _setting(10, lo=0)  # OPTIONS per trunk address
-    trunk_requests_per_second: int = _setting(50, lo=0)  # REGISTER challenges and failures, other methods,
-    # INVITEs that match no trunk, per trunk address (a valid registration always passes)
+    # REGISTER challenges and failures (a valid registration always passes), other methods and
+    # INVITEs that match no trunk, per trunk address
+    trunk_requests_per_second: int = _setting(50, lo=0)
     refused_user_agents: list[str] = field(
         default_factory=lambda: ["friendly-scanner", "sipvicious", "sipcli", "sip-scan", "iwar", "sundayddr",
                                  "vaxsipuseragent"])  # case-insensitive substrings
