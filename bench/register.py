@@ -48,7 +48,8 @@ def main() -> int:
         tmp = Path(tmp_s)
         users = [{"username": f"u{i:05d}", "password": f"secret{i}", "extension": f"{2000 + i}"} for i in range(USERS)]
         cfg = write_test_config(tmp, extension_users={"bench": users},
-                                security={"flood_requests_per_second": 0, "auth_failure_limit": 0},
+                                security={"flood_requests_per_second": 0, "auth_failure_limit": 0,
+                                          "trunk_requests_per_second": 0},  # phones on 127.0.0.1, trunk_main's
                                 logging={"level": "warning"})
         server = ServerProcess(cfg).start()
         samples: list[tuple[int, float]] = []

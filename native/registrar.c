@@ -9,6 +9,11 @@
  *   - initial INVITE: passed to pjsua only when it comes from a fixed-address trunk or carries
  *     valid extension credentials; otherwise challenged (407) or refused. Never routed blindly.
  *   - everything from a throttled source or a refused User-Agent: dropped.
+ *   - a trunk address (a fixed trunk's, or where a dynamic trunk registered) is never throttled:
+ *     its source address is trivial to forge over UDP, and blocking it would stop the trunk's
+ *     calls. What does not belong to the trunk (OPTIONS, REGISTER challenges and failures, other
+ *     methods, INVITEs that match no trunk) has its own per-address limits instead; the trunk's
+ *     INVITEs meet only the overload gate and the trunk's own call rate (503 with Retry-After).
  *   - overload: an INVITE the gate would admit is answered 503 with Retry-After (statefully, so
  *     its retransmissions and ACK are absorbed) while Python says the process is overloaded
  *     (CPU, loop lag), live inbound calls are at the limit, or the new-call token bucket is empty.
@@ -101,6 +106,12 @@ static void digest_hex(digest_alg_t alg, char *out, const char *const *parts, co
 
 /* ---- tables ------------------------------------------------------------------------------ */
 
+/* A token bucket: `rate` tokens a second, holding at most `burst`; full when first used. */
+typedef struct token_bucket {
+    double tokens;
+    pj_uint64_t at; /* monotonic ms of the last take; 0 = never used */
+} token_bucket_t;
+
 typedef struct user {
     struct user *next;
     char *username;   /* authorization username (after prefix stripping) */
@@ -109,6 +120,8 @@ typedef struct user {
     char ha1_md5[33];
     char ha1_sha256[65];
     int srtp;         /* srtp_use_t of the set (extension_sets.<set>.srtp, or a dynamic trunk's) */
+    double cps;       /* a dynamic trunk's max_calls_per_second; 0 = no limit */
+    token_bucket_t calls;
 } user_t;
 
 typedef struct binding {
@@ -141,6 +154,9 @@ typedef struct trunk {
     int port;      /* 0 = any */
     char *codecs;  /* ",pcmu,pcma,telephone-event," allow-list for offers from this trunk; NULL = all */
     int srtp;      /* srtp_use_t for offers from this trunk */
+    double cps;    /* new calls a second from this trunk (trunks.<name>.max_calls_per_second); 0 = no limit */
+    int bucket_row; /* the row whose `calls` bucket this trunk uses: its token and address rows share one */
+    token_bucket_t calls;
 } trunk_t;
 
 /* What the gate does to an offer's SRTP (SDES crypto lines), per source. SRTP_UNTOUCHED while no
@@ -162,6 +178,10 @@ typedef struct source_slot {
     double tokens;
     pj_uint64_t tokens_at;
     pj_uint64_t last_seen;
+    /* A trunk address's own limits (it is never blocked), and when each kind of its security
+     * events was last logged: a forged flood must not flood the log either. */
+    token_bucket_t trunk_options, trunk_requests;
+    pj_uint64_t options_logged, requests_logged, flood_logged, failures_quiet_until;
 } source_slot_t;
 
 typedef struct classify_slot {
@@ -188,6 +208,25 @@ typedef struct event {
 
 /* ---- the registrar state ------------------------------------------------------------------ */
 
+/* What the edge decided about a request, counted for /metrics (softswitch_security_decisions_total). */
+typedef enum {
+    SEC_BLOCKED_AUTH_FAILURES, /* a non-trunk source blocked at auth_failure_limit */
+    SEC_BLOCKED_FLOOD,         /* a non-trunk source blocked over the flood rate */
+    SEC_DROPPED_BLOCKED,       /* a request from a blocked source, dropped */
+    SEC_DROPPED_USER_AGENT,    /* a request with a refused User-Agent, dropped */
+    SEC_TRUNK_AUTH_FAILURE,    /* wrong credentials from a trunk address: 403, never a block */
+    SEC_TRUNK_NOT_BLOCKED,     /* a trunk address reached auth_failure_limit and stayed unblocked */
+    SEC_TRUNK_OVER_FLOOD_RATE, /* a request from a trunk address over the flood rate, let through */
+    SEC_TRUNK_OPTIONS_DROPPED, /* OPTIONS from a trunk address over trunk_options_per_second */
+    SEC_TRUNK_REQUESTS_DROPPED, /* other non-call requests from a trunk address over trunk_requests_per_second */
+    SEC_DECISIONS
+} security_decision_t;
+
+static const char *const SECURITY_DECISION_NAMES[SEC_DECISIONS] = {
+    "blocked_auth_failures", "blocked_flood",     "dropped_blocked_source", "dropped_user_agent",
+    "trunk_auth_failure",    "trunk_not_blocked", "trunk_over_flood_rate",  "trunk_options_dropped",
+    "trunk_requests_dropped"};
+
 typedef struct {
     PyObject_HEAD
     int installed;
@@ -197,12 +236,14 @@ typedef struct {
     unsigned min_expires, max_expires, default_expires, nonce_ttl;
     unsigned fail_limit, fail_window, block_seconds;
     double flood_rate, flood_burst;
+    double trunk_options_rate, trunk_requests_rate; /* per trunk address; 0 = no limit */
     int challenge_sha256, challenge_md5, sha256_first;
     unsigned char secret[32];
     user_t *users[1024];
     aor_t *aors[4096];
     trunk_t *trunks;
     int ntrunks;
+    int ndynamic_trunks; /* users whose group is "trunk:<name>": when 0, no binding makes a trunk address */
     char **blocked_agents;
     int nblocked_agents;
     nonce_slot_t nonces[NONCE_SLOTS];
@@ -219,7 +260,8 @@ typedef struct {
     pj_uint64_t cps_at;
     int overloaded; /* OVERLOAD_NONE, OVERLOAD_CPU or OVERLOAD_LOOP_LAG */
     long live_inbound, passed_since_sync;
-    unsigned long long n_overload[4]; /* by refusal_t */
+    unsigned long long n_overload[5]; /* by refusal_t */
+    unsigned long long n_security[SEC_DECISIONS];
     /* SIP responses by status code, sent and received (every transmission, retransmissions too). */
     pjsip_module count_mod;
     unsigned long long responses_sent[700], responses_received[700];
@@ -228,7 +270,13 @@ typedef struct {
 } RegistrarObject;
 
 typedef enum { OVERLOAD_NONE = 0, OVERLOAD_CPU = 1, OVERLOAD_LOOP_LAG = 2 } overload_t;
-typedef enum { REFUSED_CONCURRENT = 0, REFUSED_RATE = 1, REFUSED_CPU = 2, REFUSED_LOOP_LAG = 3 } refusal_t;
+typedef enum {
+    REFUSED_CONCURRENT = 0,
+    REFUSED_RATE = 1,
+    REFUSED_CPU = 2,
+    REFUSED_LOOP_LAG = 3,
+    REFUSED_TRUNK_RATE = 4 /* the calling trunk's own max_calls_per_second */
+} refusal_t;
 
 /* The module callbacks find their registrar through this pointer: one registrar per process,
  * like the one pjsua endpoint it is attached to. */
@@ -401,8 +449,31 @@ static int source_admit(RegistrarObject *r, source_slot_t *s) {
     return 1;
 }
 
-/* Returns 1 when this failure blocks the source. */
-static int source_failed(RegistrarObject *r, source_slot_t *s) {
+/* A trunk address's security events of one kind are logged at most this often (every one is counted). */
+#define TRUNK_LOG_INTERVAL_MS 10000
+
+static int trunk_log_due(pj_uint64_t *logged) {
+    pj_uint64_t now = now_ms();
+    if (*logged && now - *logged < TRUNK_LOG_INTERVAL_MS) return 0;
+    *logged = now;
+    return 1;
+}
+
+/* Takes a token from `b`: 0 when it is empty (a rate of 0 is no limit). */
+static int bucket_take(token_bucket_t *b, double rate, double burst) {
+    if (rate <= 0) return 1;
+    pj_uint64_t now = now_ms();
+    b->tokens = b->at ? b->tokens + (double)(now - b->at) / 1000.0 * rate : burst;
+    if (b->tokens > burst) b->tokens = burst;
+    b->at = now;
+    if (b->tokens < 1.0) return 0;
+    b->tokens -= 1.0;
+    return 1;
+}
+
+/* Counts one auth failure in the source's window; 1 when it reaches auth_failure_limit (the
+ * count then starts again). */
+static int failure_limit_reached(RegistrarObject *r, source_slot_t *s) {
     pj_uint64_t now = now_ms();
     if (now - s->window_start > (pj_uint64_t)r->fail_window * 1000) {
         s->window_start = now;
@@ -410,11 +481,40 @@ static int source_failed(RegistrarObject *r, source_slot_t *s) {
     }
     s->failures++;
     if (r->fail_limit && s->failures >= r->fail_limit) {
-        s->blocked_until = now + (pj_uint64_t)r->block_seconds * 1000;
         s->failures = 0;
         return 1;
     }
     return 0;
+}
+
+/* An auth failure (the caller answered 403). A source that is no trunk address is blocked at the
+ * limit, as a password cracker should be. A trunk address never is: anyone can send a wrong
+ * password with the trunk's address as source, and a block would silence the trunk's calls. Each
+ * failure is counted; they are logged as from any source up to the limit, which is logged as the
+ * block it did not cause, and then not again until the failure window has passed. */
+static void auth_failed(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t *s, int trunk_address,
+                        const char *what) {
+    r->n_auth_failures++;
+    char detail[160];
+    if (!trunk_address) {
+        int blocked = failure_limit_reached(r, s);
+        if (blocked) {
+            s->blocked_until = now_ms() + (pj_uint64_t)r->block_seconds * 1000;
+            r->n_security[SEC_BLOCKED_AUTH_FAILURES]++;
+        }
+        security_event(r, blocked ? "auth_failure_blocked" : "auth_failure", rdata, what);
+        return;
+    }
+    r->n_security[SEC_TRUNK_AUTH_FAILURE]++;
+    int at_limit = failure_limit_reached(r, s);
+    if (at_limit) r->n_security[SEC_TRUNK_NOT_BLOCKED]++;
+    pj_uint64_t now = now_ms();
+    if (now < s->failures_quiet_until) return;
+    if (at_limit) s->failures_quiet_until = now + (pj_uint64_t)r->fail_window * 1000;
+    snprintf(detail, sizeof(detail), "%s; %s", what,
+             at_limit ? "auth_failure_limit reached from a trunk address: not blocked, its calls go on"
+                      : "from a trunk address: never blocked");
+    security_event(r, at_limit ? "trunk_auth_failure_limit" : "trunk_auth_failure", rdata, detail);
 }
 
 /* ---- responses --------------------------------------------------------------------------- */
@@ -680,11 +780,12 @@ static unsigned requested_expires(RegistrarObject *r, pjsip_contact_hdr *c, pjsi
     return r->default_expires;
 }
 
-static void handle_register(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t *src) {
+/* `ar` and `u` are verify_digest's verdict on this REGISTER (the caller needs it first: a trunk
+ * address's limit applies to everything but a valid registration). */
+static void handle_register(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t *src, int trunk_address,
+                            auth_result_t ar, user_t *u) {
     pjsip_msg *msg = rdata->msg_info.msg;
     r->n_register++;
-    user_t *u = NULL;
-    auth_result_t ar = verify_digest(r, rdata, 0, &u);
     if (ar == AUTH_NONE || ar == AUTH_STALE) {
         pjsip_tx_data *tdata = new_response(rdata, 401, NULL);
         if (!tdata) return;
@@ -694,10 +795,8 @@ static void handle_register(RegistrarObject *r, pjsip_rx_data *rdata, source_slo
         return;
     }
     if (ar == AUTH_BAD) {
-        r->n_auth_failures++;
-        int blocked = source_failed(r, src);
         respond(rdata, 403, "Forbidden");
-        security_event(r, blocked ? "auth_failure_blocked" : "auth_failure", rdata, "REGISTER digest rejected");
+        auth_failed(r, rdata, src, trunk_address, "REGISTER digest rejected");
         return;
     }
     /* The AOR (To user) must be the authenticated user's own. */
@@ -1157,7 +1256,7 @@ static const trunk_t *match_trunk(RegistrarObject *r, pjsip_rx_data *rdata) {
 }
 
 /* A dynamic trunk is recognised by a live binding of its credentials at the INVITE's source. */
-static const aor_t *match_dynamic_trunk(RegistrarObject *r, pjsip_rx_data *rdata, const user_t **user) {
+static const aor_t *match_dynamic_trunk(RegistrarObject *r, pjsip_rx_data *rdata, user_t **user) {
     pj_uint64_t now = now_ms();
     for (int i = 0; i < 1024; i++)
         for (user_t *u = r->users[i]; u; u = u->next) {
@@ -1173,6 +1272,47 @@ static const aor_t *match_dynamic_trunk(RegistrarObject *r, pjsip_rx_data *rdata
             }
         }
     return NULL;
+}
+
+/* Whether `ip` is a trunk's: a fixed trunk's address (any source port: forging the port is as easy
+ * as forging the address, and the throttling is per address), or where a dynamic trunk holds a
+ * live registration. */
+static int is_trunk_address(RegistrarObject *r, const char *ip) {
+    for (int i = 0; i < r->ntrunks; i++)
+        if (strncmp(r->trunks[i].ip, "token:", 6) != 0 && strcmp(r->trunks[i].ip, ip) == 0) return 1;
+    if (!r->ndynamic_trunks) return 0;
+    pj_uint64_t now = now_ms();
+    for (int i = 0; i < 1024; i++)
+        for (user_t *u = r->users[i]; u; u = u->next) {
+            if (strncmp(u->group, "trunk:", 6) != 0) continue;
+            aor_t *a = find_aor(r, u->username, 0, u);
+            for (int j = 0; a && j < a->count; j++)
+                if (a->contacts[j].expires_at > now && strcmp(a->contacts[j].source_ip, ip) == 0) return 1;
+        }
+    return 0;
+}
+
+typedef enum { TRUNK_OPTIONS, TRUNK_REQUESTS } trunk_limit_t;
+
+/* A trunk address's own limits, for requests that are not the trunk's calls: OPTIONS
+ * (security.trunk_options_per_second), and REGISTER challenges and failures, INVITEs that match no
+ * trunk and every other method (security.trunk_requests_per_second); each bucket holds two
+ * seconds' worth. Over one, the request is dropped: not answered, so a forged flood sends nothing
+ * to the real trunk, and never a block, so the trunk's INVITEs and OPTIONS within the rate go on.
+ * Every drop is counted; one in TRUNK_LOG_INTERVAL_MS is logged. */
+static int trunk_limit_admits(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t *s, trunk_limit_t which) {
+    int options = which == TRUNK_OPTIONS;
+    double rate = options ? r->trunk_options_rate : r->trunk_requests_rate;
+    if (bucket_take(options ? &s->trunk_options : &s->trunk_requests, rate, 2 * rate)) return 1;
+    r->n_dropped++;
+    r->n_security[options ? SEC_TRUNK_OPTIONS_DROPPED : SEC_TRUNK_REQUESTS_DROPPED]++;
+    if (trunk_log_due(options ? &s->options_logged : &s->requests_logged))
+        security_event(r, options ? "trunk_options_limited" : "trunk_requests_limited", rdata,
+                       options ? "OPTIONS from a trunk address over security.trunk_options_per_second: dropped, "
+                                 "the address is not blocked"
+                               : "request from a trunk address over security.trunk_requests_per_second: dropped, "
+                                 "the address is not blocked");
+    return 0;
 }
 
 static void remember_classification(RegistrarObject *r, pjsip_rx_data *rdata, const char *kind, const char *ref,
@@ -1251,11 +1391,18 @@ static void refuse_overloaded(RegistrarObject *r, pjsip_rx_data *rdata, refusal_
 }
 
 /* Admits (PJ_FALSE: pjsua creates the call) or answers 503 (PJ_TRUE), for an INVITE the gate
- * classified; the classification is kept only for an admitted one. */
+ * classified; the classification is kept only for an admitted one. A trunk's call also takes a
+ * token from the trunk's own call bucket (`calls`, `cps` a second, holding one second's worth),
+ * checked first; that token is given back when the process-wide gate refuses the call. */
 static pj_bool_t admit(RegistrarObject *r, pjsip_rx_data *rdata, const char *kind, const char *ref,
-                       const char *extension, const char *group) {
+                       const char *extension, const char *group, token_bucket_t *calls, double cps) {
     refusal_t why;
+    if (calls && !bucket_take(calls, cps, cps < 1.0 ? 1.0 : cps)) {
+        refuse_overloaded(r, rdata, REFUSED_TRUNK_RATE);
+        return PJ_TRUE;
+    }
     if (overload_refusal(r, &why)) {
+        if (calls && cps > 0) calls->tokens += 1.0;
         refuse_overloaded(r, rdata, why);
         return PJ_TRUE;
     }
@@ -1283,23 +1430,25 @@ static pj_status_t count_on_tx_response(pjsip_tx_data *tdata) {
     return PJ_SUCCESS;
 }
 
-static pj_bool_t handle_invite(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t *src) {
+static pj_bool_t handle_invite(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t *src, int trunk_address) {
     const trunk_t *t = match_trunk(r, rdata);
     if (t) {
         if (!filter_offer(rdata, t->codecs, t->srtp)) {
             respond(rdata, 488, "Not Acceptable Here");
             return PJ_TRUE;
         }
-        return admit(r, rdata, "trunk", t->ref, NULL, NULL);
+        trunk_t *row = &r->trunks[t->bucket_row];
+        return admit(r, rdata, "trunk", t->ref, NULL, NULL, &row->calls, row->cps);
     }
-    const user_t *dyn_user = NULL;
+    user_t *dyn_user = NULL;
     const aor_t *dyn = match_dynamic_trunk(r, rdata, &dyn_user);
     if (dyn) {
         if (!filter_offer(rdata, NULL, dyn_user->srtp)) {
             respond(rdata, 488, "Not Acceptable Here");
             return PJ_TRUE;
         }
-        return admit(r, rdata, "extension", dyn->username, dyn->extension, dyn->group);
+        return admit(r, rdata, "extension", dyn->username, dyn->extension, dyn->group, &dyn_user->calls,
+                     dyn_user->cps);
     }
     user_t *u = NULL;
     auth_result_t ar = verify_digest(r, rdata, 1, &u);
@@ -1308,14 +1457,14 @@ static pj_bool_t handle_invite(RegistrarObject *r, pjsip_rx_data *rdata, source_
             respond(rdata, 488, "Not Acceptable Here");
             return PJ_TRUE;
         }
-        return admit(r, rdata, "extension", u->username, u->extension, u->group);
+        return admit(r, rdata, "extension", u->username, u->extension, u->group, NULL, 0);
     }
+    /* Not the trunk's call (a phone behind its address, or a forgery): the address's own limit. */
+    if (trunk_address && !trunk_limit_admits(r, rdata, src, TRUNK_REQUESTS)) return PJ_TRUE;
     if (ar == AUTH_BAD) {
-        r->n_auth_failures++;
         r->n_invite_refused++;
-        int blocked = source_failed(r, src);
         respond(rdata, 403, "Forbidden");
-        security_event(r, blocked ? "auth_failure_blocked" : "auth_failure", rdata, "INVITE digest rejected");
+        auth_failed(r, rdata, src, trunk_address, "INVITE digest rejected");
         return PJ_TRUE;
     }
     /* No credentials (or stale ones): challenge. Nothing unauthenticated is ever routed. */
@@ -1350,28 +1499,50 @@ static pj_bool_t on_rx_request(pjsip_rx_data *rdata) {
     if (!initial || mid == PJSIP_ACK_METHOD || mid == PJSIP_CANCEL_METHOD) return PJ_FALSE;
 
     source_slot_t *src = source_of(r, rdata->pkt_info.src_name);
-    if (source_blocked(r, src)) {
+    int trunk_address = is_trunk_address(r, rdata->pkt_info.src_name);
+    if (!trunk_address && source_blocked(r, src)) {
         r->n_dropped++;
+        r->n_security[SEC_DROPPED_BLOCKED]++;
         return PJ_TRUE; /* silently: a blocked scanner learns nothing */
     }
     if (!source_admit(r, src)) {
-        /* Over the flood limit: the source is ignored for the block time, at once. */
-        r->n_dropped++;
-        src->blocked_until = now_ms() + (pj_uint64_t)r->block_seconds * 1000;
-        security_event(r, "flood_blocked", rdata, "request rate over the flood limit");
-        return PJ_TRUE;
+        if (!trunk_address) {
+            /* Over the flood limit: the source is ignored for the block time, at once. */
+            r->n_dropped++;
+            r->n_security[SEC_BLOCKED_FLOOD]++;
+            src->blocked_until = now_ms() + (pj_uint64_t)r->block_seconds * 1000;
+            security_event(r, "flood_blocked", rdata, "request rate over the flood limit");
+            return PJ_TRUE;
+        }
+        /* A trunk address is never blocked: its INVITEs meet the overload gate, the rest its own limits. */
+        r->n_security[SEC_TRUNK_OVER_FLOOD_RATE]++;
+        if (trunk_log_due(&src->flood_logged))
+            security_event(r, "trunk_over_flood_rate", rdata,
+                           "request rate from a trunk address over the flood limit: not blocked");
     }
     if (agent_refused(r, rdata)) {
         r->n_dropped++;
+        r->n_security[SEC_DROPPED_USER_AGENT]++;
         security_event(r, "user_agent_refused", rdata, "User-Agent on the refusal list");
         return PJ_TRUE;
     }
     if ((mid == PJSIP_REGISTER_METHOD || mid == PJSIP_INVITE_METHOD) && resend_cached(r, rdata)) return PJ_TRUE;
     if (mid == PJSIP_REGISTER_METHOD) {
-        handle_register(r, rdata, src);
+        user_t *u = NULL;
+        auth_result_t ar = verify_digest(r, rdata, 0, &u);
+        /* A valid registration from a trunk address always passes (a dynamic trunk's refresh, a phone
+         * behind the same address), and so does a right answer to a nonce gone stale (it gets a fresh
+         * challenge): the nonce is bound to the address and sent there, so a forger who does not
+         * receive its traffic can make neither. Other challenges and the failures are limited. */
+        if (trunk_address && ar != AUTH_OK && ar != AUTH_STALE && !trunk_limit_admits(r, rdata, src, TRUNK_REQUESTS))
+            return PJ_TRUE;
+        handle_register(r, rdata, src, trunk_address, ar, u);
         return PJ_TRUE;
     }
-    if (mid == PJSIP_INVITE_METHOD) return handle_invite(r, rdata, src);
+    if (mid == PJSIP_INVITE_METHOD) return handle_invite(r, rdata, src, trunk_address);
+    if (trunk_address &&
+        !trunk_limit_admits(r, rdata, src, mid == PJSIP_OPTIONS_METHOD ? TRUNK_OPTIONS : TRUNK_REQUESTS))
+        return PJ_TRUE;
     return PJ_FALSE;
 }
 
@@ -1576,6 +1747,8 @@ static int Registrar_init(RegistrarObject *self, PyObject *args, PyObject *kwds)
     self->block_seconds = 300;
     self->flood_rate = 0;
     self->flood_burst = 100;
+    self->trunk_options_rate = 10;
+    self->trunk_requests_rate = 50;
     self->challenge_md5 = 1;
     self->challenge_sha256 = 1;
     self->sha256_first = 0;
@@ -1711,11 +1884,12 @@ static PyObject *Registrar_configure(RegistrarObject *self, PyObject *args, PyOb
     UA_ONLY(NULL);
     static char *kwlist[] = {"min_expires", "max_expires", "default_expires", "nonce_ttl", "fail_limit",
                              "fail_window", "block_seconds", "flood_rate", "flood_burst", "md5", "sha256",
-                             "sha256_first", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|IIIIIIIddppp", kwlist, &self->min_expires, &self->max_expires,
+                             "sha256_first", "trunk_options_rate", "trunk_requests_rate", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|IIIIIIIddpppdd", kwlist, &self->min_expires, &self->max_expires,
                                      &self->default_expires, &self->nonce_ttl, &self->fail_limit, &self->fail_window,
                                      &self->block_seconds, &self->flood_rate, &self->flood_burst,
-                                     &self->challenge_md5, &self->challenge_sha256, &self->sha256_first))
+                                     &self->challenge_md5, &self->challenge_sha256, &self->sha256_first,
+                                     &self->trunk_options_rate, &self->trunk_requests_rate))
         return NULL;
     if (!self->challenge_md5 && !self->challenge_sha256) {
         self->challenge_md5 = 1;
@@ -1731,12 +1905,14 @@ static PyObject *Registrar_set_users(RegistrarObject *self, PyObject *arg) {
     PyObject *seq = PySequence_Fast(arg, "set_users expects a sequence of (username, password, extension, group)");
     if (!seq) return NULL;
     user_t *fresh[1024] = {0};
+    int ndynamic = 0;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     for (Py_ssize_t i = 0; i < n; i++) {
         const char *username, *password, *extension, *group;
         int srtp = SRTP_UNTOUCHED;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "ssss|i", &username, &password, &extension, &group,
-                              &srtp)) {
+        double cps = 0;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "ssss|id", &username, &password, &extension, &group,
+                              &srtp, &cps)) {
             Py_DECREF(seq);
             for (int k = 0; k < 1024; k++)
                 while (fresh[k]) {
@@ -1751,6 +1927,8 @@ static PyObject *Registrar_set_users(RegistrarObject *self, PyObject *arg) {
         u->extension = strdup(extension);
         u->group = strdup(group);
         u->srtp = srtp;
+        u->cps = cps;
+        if (strncmp(group, "trunk:", 6) == 0) ndynamic++;
         const char *parts[3] = {username, self->realm, password};
         size_t lens[3] = {strlen(username), strlen(self->realm), strlen(password)};
         digest_hex(ALG_MD5, u->ha1_md5, parts, lens, 3);
@@ -1762,12 +1940,14 @@ static PyObject *Registrar_set_users(RegistrarObject *self, PyObject *arg) {
     Py_DECREF(seq);
     free_users(self);
     memcpy(self->users, fresh, sizeof(fresh));
+    self->ndynamic_trunks = ndynamic;
     Py_RETURN_NONE;
 }
 
-/* set_trunks([(ref, ip, port[, codecs[, srtp]]), ...]): fixed-address trunks, matched by source
- * (port 0 = any); codecs is ",pcmu,telephone-event," style, the formats offers from that trunk may
- * keep; srtp an srtp_use_t. */
+/* set_trunks([(ref, ip, port[, codecs[, srtp[, max_calls_per_second]]]), ...]): fixed-address
+ * trunks, matched by source (port 0 = any); codecs is ",pcmu,telephone-event," style, the formats
+ * offers from that trunk may keep; srtp an srtp_use_t; rows with the same ref share one call-rate
+ * bucket (0 = no limit), which starts full. */
 static PyObject *Registrar_set_trunks(RegistrarObject *self, PyObject *arg) {
     UA_ONLY(NULL);
     PyObject *seq = PySequence_Fast(arg, "set_trunks expects a sequence of (ref, ip, port)");
@@ -1777,7 +1957,8 @@ static PyObject *Registrar_set_trunks(RegistrarObject *self, PyObject *arg) {
     for (Py_ssize_t i = 0; i < n; i++) {
         const char *ref, *ip, *codecs = NULL;
         int port, srtp = SRTP_UNTOUCHED;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "ssi|zi", &ref, &ip, &port, &codecs, &srtp)) {
+        double cps = 0;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "ssi|zid", &ref, &ip, &port, &codecs, &srtp, &cps)) {
             for (Py_ssize_t k = 0; k < i; k++) { free(fresh[k].ref); free(fresh[k].ip); free(fresh[k].codecs); }
             free(fresh);
             Py_DECREF(seq);
@@ -1788,6 +1969,13 @@ static PyObject *Registrar_set_trunks(RegistrarObject *self, PyObject *arg) {
         fresh[i].port = port;
         fresh[i].codecs = codecs && codecs[0] ? strdup(codecs) : NULL;
         fresh[i].srtp = srtp;
+        fresh[i].cps = cps;
+        fresh[i].bucket_row = (int)i;
+        for (Py_ssize_t k = 0; k < i; k++)
+            if (strcmp(fresh[k].ref, ref) == 0) {
+                fresh[i].bucket_row = (int)k;
+                break;
+            }
     }
     Py_DECREF(seq);
     free_trunks(self);
@@ -1927,6 +2115,17 @@ static PyObject *Registrar_stats(RegistrarObject *self, PyObject *unused) {
                          self->n_overload[REFUSED_LOOP_LAG], "live_inbound",
                          self->live_inbound + self->passed_since_sync, "overloaded",
                          self->overloaded ? Py_True : Py_False);
+    if (!d) return NULL;
+    PyObject *trunk_rate = PyLong_FromUnsignedLongLong(self->n_overload[REFUSED_TRUNK_RATE]);
+    if (!trunk_rate || PyDict_SetItemString(d, "overload_trunk_rate", trunk_rate) < 0) PyErr_Clear();
+    Py_XDECREF(trunk_rate);
+    for (int i = 0; i < SEC_DECISIONS; i++) { /* "security_<decision>": the edge's decisions, by name */
+        char key[64];
+        snprintf(key, sizeof(key), "security_%s", SECURITY_DECISION_NAMES[i]);
+        PyObject *n = PyLong_FromUnsignedLongLong(self->n_security[i]);
+        if (!n || PyDict_SetItemString(d, key, n) < 0) PyErr_Clear();
+        Py_XDECREF(n);
+    }
     keepalive_stats(self, d);
     return d;
 }
@@ -1978,10 +2177,11 @@ static PyObject *Registrar_sync_live_inbound(RegistrarObject *self, PyObject *ar
     Py_RETURN_NONE;
 }
 
-/* overload_refusals() -> (concurrent, rate, cpu, loop_lag): cumulative, cheap to poll. */
+/* overload_refusals() -> (concurrent, rate, cpu, loop_lag, trunk_rate): cumulative, cheap to poll. */
 static PyObject *Registrar_overload_refusals(RegistrarObject *self, PyObject *unused) {
-    return Py_BuildValue("(KKKK)", self->n_overload[REFUSED_CONCURRENT], self->n_overload[REFUSED_RATE],
-                         self->n_overload[REFUSED_CPU], self->n_overload[REFUSED_LOOP_LAG]);
+    return Py_BuildValue("(KKKKK)", self->n_overload[REFUSED_CONCURRENT], self->n_overload[REFUSED_RATE],
+                         self->n_overload[REFUSED_CPU], self->n_overload[REFUSED_LOOP_LAG],
+                         self->n_overload[REFUSED_TRUNK_RATE]);
 }
 
 /* sip_response_counts() -> {("sent" | "received", code): count}, non-zero entries only. */
@@ -2027,7 +2227,7 @@ static PyMethodDef Registrar_methods[] = {
     {"set_overloaded", (PyCFunction)Registrar_set_overloaded, METH_O, "None, 'cpu' or 'loop_lag'."},
     {"sync_live_inbound", (PyCFunction)Registrar_sync_live_inbound, METH_O, "Live inbound legs now."},
     {"overload_refusals", (PyCFunction)Registrar_overload_refusals, METH_NOARGS,
-     "(concurrent, rate, cpu, loop_lag) refusals so far."},
+     "(concurrent, rate, cpu, loop_lag, trunk_rate) refusals so far."},
     {"sip_response_counts", (PyCFunction)Registrar_sip_response_counts, METH_NOARGS,
      "{(\"sent\"|\"received\", code): count}."},
     {"keepalive", (PyCFunction)Registrar_keepalive, METH_NOARGS, "Send the keep-alives that are due; returns how many."},

@@ -282,6 +282,9 @@ class Trunk:
     codecs: list[Codec] | None = None  # allow-list for this trunk's calls; None: media.codecs
     dtmf_methods: list[DtmfMethod] | None = None  # None: rfc2833 and info
     srtp: SrtpUse = "disabled"  # its calls to us (mandatory: a plain RTP offer gets 488); calls to a dynamic trunk
+    # New calls from this trunk admitted per second; over it, 503 with Retry-After (limits.retry_after_seconds),
+    # as the overload gate answers. 0: no limit of its own (limits.* still apply).
+    max_calls_per_second: int = _setting(0, lo=0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -330,6 +333,13 @@ class SecurityConfig:
     block_seconds: int = _setting(300, lo=1)  # how long a blocked source is ignored
     flood_requests_per_second: int = _setting(500, lo=0)  # new requests per source; 0: no limit
     flood_burst: int = _setting(1000, lo=1)
+    # A trunk address (a fixed trunk's, or where a dynamic trunk registered) is never blocked: its
+    # source address is trivial to forge. What is not the trunk's calls is limited per address
+    # instead, the excess dropped (README "Trunk addresses and the block list"); 0: no limit.
+    trunk_options_per_second: int = _setting(10, lo=0)  # OPTIONS per trunk address
+    # REGISTER challenges and failures (a valid registration always passes), other methods and
+    # INVITEs that match no trunk, per trunk address
+    trunk_requests_per_second: int = _setting(50, lo=0)
     refused_user_agents: list[str] = field(
         default_factory=lambda: ["friendly-scanner", "sipvicious", "sipcli", "sip-scan", "iwar", "sundayddr",
                                  "vaxsipuseragent"])  # case-insensitive substrings

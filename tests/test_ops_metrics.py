@@ -201,6 +201,26 @@ def test_queue_and_sip_response_samples_carry_their_labels():
     assert got['softswitch_sip_responses_total{direction="sent",code="401"}'] == 1
 
 
+def test_the_edges_security_decisions_are_one_family_labelled_by_decision():
+    registrar = FakeRegistrar(stats={"security_blocked_flood": 2, "security_trunk_options_dropped": 26,
+                                     "security_trunk_not_blocked": 1, "security_unknown_future": 9,
+                                     "overload_trunk_rate": 3})
+    snap = m.Metrics(fake_ua(registrar=registrar)).collect()
+    assert snap.security == {"blocked_flood": 2, "trunk_options_dropped": 26, "trunk_not_blocked": 1}
+    assert snap.overload.refusals == {"trunk_rate": 3}
+    got = samples(m.render_prometheus(snap, stale=False))
+    assert got['softswitch_security_decisions_total{decision="trunk_options_dropped"}'] == 26
+    assert got['softswitch_security_decisions_total{decision="blocked_flood"}'] == 2
+    assert got['softswitch_overload_refusals_total{reason="trunk_rate"}'] == 3
+    assert m.status_document(snap, stale=False)["security"]["trunk_not_blocked"] == 1
+
+
+def test_the_native_edge_reports_every_security_decision_the_metrics_know(ua):
+    stats = ua.run_sync(ua.registrar.stats)
+    assert {f"security_{d}" for d in m.SECURITY_DECISIONS} == {k for k in stats if k.startswith("security_")}
+    assert "overload_trunk_rate" in stats
+
+
 # ---- HTTP -----------------------------------------------------------------------------------------
 class Endpoint:
     """An OpsHttpServer on a free port with a scripted UA: `answer` False makes run_sync time out."""

@@ -59,7 +59,7 @@ def callers(server, tmp_path: Path, name: str, calls: int, rate: float, hold_ms:
 
 def refusals(server) -> dict[str, int]:
     """The gate's refusals by reason, summed over the server's aggregated log lines."""
-    totals = {"concurrent": 0, "rate": 0, "cpu": 0, "loop_lag": 0}
+    totals = {"concurrent": 0, "rate": 0, "cpu": 0, "loop_lag": 0, "trunk_rate": 0}
     for line in re.findall(r"refused \d+ new calls in the last second: (.*)$", server.text(), flags=re.M):
         for reason, n in re.findall(r"(\w+)=(\d+)", line):
             totals[reason] += int(n)

@@ -25,6 +25,11 @@ REGISTRAR_COUNTERS = ("register", "register_ok", "challenges", "auth_failures", 
                       "invite_challenged", "invite_refused", "interval_too_brief", "out_of_order", "retransmissions",
                       "keepalive_options_sent", "keepalive_options_answered", "keepalive_options_failed",
                       "keepalive_crlf_sent", "keepalive_crlf_failed", "keepalive_became_unreachable")
+# The edge's decisions about requests (native stats "security_<decision>"), as
+# softswitch_security_decisions_total{decision=...}: README "Trunk addresses and the block list".
+SECURITY_DECISIONS = ("blocked_auth_failures", "blocked_flood", "dropped_blocked_source", "dropped_user_agent",
+                      "trunk_auth_failure", "trunk_not_blocked", "trunk_over_flood_rate", "trunk_options_dropped",
+                      "trunk_requests_dropped")
 MAX_REASON_LABELS = 64  # hang-up reasons come from code and SIP codes; a cap guards against surprises
 OTHER = "other"
 
@@ -124,6 +129,7 @@ class MetricsSnapshot:
     cpu_percent: float
     loop_lag: LoopLag
     process: ProcessGauge
+    security: Mapping[str, int] = field(default_factory=dict)  # the edge's decisions, by SECURITY_DECISIONS name
 
 
 # ---- collecting ---------------------------------------------------------------------------------
@@ -231,6 +237,7 @@ class Metrics:
             loop_lag=LoopLag(tuple(stats.BUCKETS_MS), tuple(stats.bucket_counts), stats.lag_sum, stats.turns,
                              stats.recent_max),
             process=process,
+            security={d: int(native[f"security_{d}"]) for d in SECURITY_DECISIONS if f"security_{d}" in native},
         )
 
     def _cpu(self, cpu_now: float) -> float:
@@ -433,6 +440,11 @@ def families(snap: MetricsSnapshot | None, *, stale: bool, process: ProcessGauge
         for event, n in sorted(snap.registrar.items()):
             fam.add(n, {"event": event})
         out.append(fam)
+        fam = _Family("softswitch_security_decisions_total", "counter",
+                      "The SIP edge's decisions: sources blocked, requests dropped, trunk addresses left unblocked")
+        for decision, n in sorted(snap.security.items()):
+            fam.add(n, {"decision": decision})
+        out.append(fam)
         fam = _Family("softswitch_overload_refusals_total", "counter", "New calls refused with 503 by overload control")
         for reason, n in sorted(snap.overload.refusals.items()):
             fam.add(n, {"reason": reason})
@@ -508,6 +520,7 @@ def status_document(snap: MetricsSnapshot | None, *, stale: bool, http_listen: s
         "trunks": [{"connection": t.connection, "register": t.register, "registered": t.registered,
                     "lastCode": t.last_code, "lastReason": t.last_reason} for t in snap.trunks],
         "queues": [queue_document(q) for q in snap.queues],
+        "security": dict(sorted(snap.security.items())),
         "overload": {"overloaded": snap.overload.overloaded, "reason": snap.overload.reason,
                      "cpuPercent": snap.overload.cpu_percent,
                      "loopLagMs": snap.overload.loop_lag_ms, "refusals": dict(snap.overload.refusals)},

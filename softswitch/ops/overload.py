@@ -165,7 +165,7 @@ class RefusalLog:
     """Logs the gate's overload refusals on `softswitch.overload`, aggregated: at most one
     line per `interval`, never one per INVITE (a flood would flood the log too)."""
 
-    REASONS = ("concurrent", "rate", "cpu", "loop_lag")
+    REASONS = ("concurrent", "rate", "cpu", "loop_lag", "trunk_rate")
 
     def __init__(self, clock: Clock, read_counts: Callable[[], tuple[int, ...]], interval: float = 1.0) -> None:
         self.clock = clock

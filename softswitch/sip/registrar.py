@@ -82,7 +82,10 @@ class RegistrationEvent:
 
 @dataclass(frozen=True)
 class SecurityEvent:
-    event: str  # auth_failure | auth_failure_blocked | invite_challenged | user_agent_refused | flood_blocked | aor_mismatch
+    # auth_failure | auth_failure_blocked | invite_challenged | user_agent_refused | flood_blocked | aor_mismatch;
+    # from a trunk address, which is never blocked: trunk_auth_failure | trunk_auth_failure_limit |
+    # trunk_over_flood_rate | trunk_options_limited | trunk_requests_limited
+    event: str
     source_ip: str
     source_port: int
     transport: str
@@ -176,12 +179,15 @@ class Registrar:
             nonce_ttl=reg.nonce_ttl_seconds, fail_limit=sec.auth_failure_limit,
             fail_window=sec.auth_failure_window_seconds, block_seconds=sec.block_seconds,
             flood_rate=float(sec.flood_requests_per_second), flood_burst=float(sec.flood_burst),
+            trunk_options_rate=float(sec.trunk_options_per_second),
+            trunk_requests_rate=float(sec.trunk_requests_per_second),
             md5="MD5" in reg.algorithms, sha256="SHA-256" in reg.algorithms,
             sha256_first=bool(reg.algorithms) and reg.algorithms[0] == "SHA-256")
         users = [(u.username, u.password, u.extension, group,
                   srtp.gate_use(config, srtp.extension_set_use(config, group)))
                  for group, members in config.extension_users.items() for u in members]
-        users += [(t.username, t.password, t.name, DYNAMIC_TRUNK_GROUP + t.name, srtp.gate_use(config, t.srtp))
+        users += [(t.username, t.password, t.name, DYNAMIC_TRUNK_GROUP + t.name, srtp.gate_use(config, t.srtp),
+                   float(t.max_calls_per_second))
                   for t in config.trunks.values() if t.mode == "dynamic"]
         self._native.set_users(users)
         self._bindings_changed()
@@ -189,14 +195,16 @@ class Registrar:
         self._trunk_rows = []
         self._trunk_codecs: dict[str, str | None] = {}
         self._trunk_srtp: dict[str, int] = {}
+        self._trunk_cps: dict[str, float] = {}
         for trunk in config.trunks.values():
             self._trunk_codecs[trunk.name] = _allow_list(trunk)
             self._trunk_srtp[trunk.name] = srtp.gate_use(config, trunk.srtp)
+            self._trunk_cps[trunk.name] = float(trunk.max_calls_per_second)
             if trunk.mode != "fixed":
                 continue
             host = trunk.address or config.connections[trunk.connection].sip_server  # type: ignore[index]
             self._trunk_rows.append((trunk.name, _resolve(host), trunk.port, self._trunk_codecs[trunk.name],
-                                     self._trunk_srtp[trunk.name]))
+                                     self._trunk_srtp[trunk.name], self._trunk_cps[trunk.name]))
         self._push_trunks()
         lim = config.limits
         self._native.configure_limits(max_concurrent=lim.max_concurrent_calls,
@@ -220,8 +228,8 @@ class Registrar:
 
     def _push_trunks(self) -> None:
         # Registered fixed trunks (route token) are matched before unregistered ones (address).
-        rows = [(ref, "token:" + tok, 0, self._trunk_codecs.get(ref), self._trunk_srtp.get(ref, 0))
-                for ref, tok in self._route_tokens.items()]
+        rows = [(ref, "token:" + tok, 0, self._trunk_codecs.get(ref), self._trunk_srtp.get(ref, 0),
+                 self._trunk_cps.get(ref, 0.0)) for ref, tok in self._route_tokens.items()]
         self._native.set_trunks(rows + self._trunk_rows)
 
     # ---- questions --------------------------------------------------------------------------
@@ -263,7 +271,8 @@ class Registrar:
 
     def stats(self) -> dict:
         """The gate's counters: registrations, challenges, refusals (`overload_concurrent`,
-        `overload_rate`, `overload_cpu`, `overload_loop_lag`), `live_inbound`, `overloaded`; and
+        `overload_rate`, `overload_cpu`, `overload_loop_lag`, `overload_trunk_rate`), `live_inbound`,
+        `overloaded`; the edge's decisions (`security_<decision>`, see metrics.SECURITY_DECISIONS); and
         keep-alives (`keepalive_options_sent`, `_answered`, `_failed`, `keepalive_crlf_sent`,
         `_failed`, `keepalive_became_unreachable`, `bindings_unreachable` now)."""
         return self._native.stats()

@@ -1091,7 +1091,8 @@ def fuzz_sections(tmp: Path) -> dict:
         flows=[str(flow)],
         trunks={"trunk_main": {"address": "127.0.0.1", "port": 0},
                 "trunk_fuzz": {"address": "127.0.0.3", "port": 0, "codecs": ["PCMU", "PCMA", "telephone-event"]}},
-        security={"auth_failure_limit": 0, "flood_requests_per_second": 0},
+        security={"auth_failure_limit": 0, "flood_requests_per_second": 0, "trunk_options_per_second": 0,
+                  "trunk_requests_per_second": 0},
         records={"call_records": str(tmp / "call-records.jsonl"), "queue_events": str(tmp / "queue.jsonl")},
         metrics={"http_listen": f"127.0.0.1:{free_port('tcp')}"},
     )
