@@ -98,6 +98,7 @@ typedef struct {
 static struct {
     int installed;
     pjsip_tp_state_callback prev_cb; /* pjsua's: called first, for every transport */
+    pjsip_tpmgr *chained_in;         /* the manager whose callback chain still holds ours after close */
     pjsip_module mod;
     pj_timer_entry sweep_timer, close_timer;
     int close_scheduled;
@@ -447,9 +448,13 @@ static int install(void) {
         return -1;
     }
     pjsip_tpmgr *mgr = pjsip_endpt_get_tpmgr(endpt);
-    pjsip_tp_state_callback current = pjsip_tpmgr_get_state_cb(mgr);
-    if (current != &on_tp_state) g.prev_cb = current; /* a second install keeps the first chain */
-    pjsip_tpmgr_set_state_cb(mgr, &on_tp_state);
+    if (g.chained_in != mgr) {
+        /* Not in this manager's chain yet (a closed guard whose callback someone else wrapped
+         * is still called, and would loop if put in front again). */
+        g.prev_cb = pjsip_tpmgr_get_state_cb(mgr);
+        pjsip_tpmgr_set_state_cb(mgr, &on_tp_state);
+        g.chained_in = mgr;
+    }
     pj_timer_entry_init(&g.sweep_timer, 0, NULL, &on_sweep_timer);
     pj_timer_entry_init(&g.close_timer, 0, NULL, &on_close_timer);
     g.installed = 1;
@@ -472,6 +477,7 @@ static void uninstall(void) {
     if (pjsip_tpmgr_get_state_cb(mgr) == &on_tp_state) {
         pjsip_tpmgr_set_state_cb(mgr, g.prev_cb);
         g.prev_cb = NULL;
+        g.chained_in = NULL;
     }
     for (int i = 0; i < g.n_unwatched; i++) pjsip_transport_dec_ref(g.unwatched[i]);
     g.n_unwatched = 0;

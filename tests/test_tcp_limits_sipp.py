@@ -281,7 +281,7 @@ def test_tls_connections_have_the_same_limits(server_factory, tmp_path):
     try:
         wait_for(lambda: sum(closed_by_server(s) for s in crowd) >= 3, 10, "the TLS connections over the limit to close")
         samples = server.metrics()
-        assert samples['softswitch_sip_connections{transport="tls"}'] <= MAX_PENDING
+        assert samples['softswitch_sip_connections_open{transport="tls"}'] <= MAX_PENDING
         wait_for(lambda: all(closed_by_server(s) for s in [half, *crowd]), 10, "the rest to time out")
         with tls_connect("127.0.0.33") as probe:
             probe.sendall(options("127.0.0.33", tls_port, "TLS").encode())

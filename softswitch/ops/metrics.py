@@ -444,7 +444,7 @@ def families(snap: MetricsSnapshot | None, *, stale: bool, process: ProcessGauge
             fam.add(n, {"event": event})
         out.append(fam)
         conn = snap.connections
-        fam = _Family("softswitch_sip_connections", "gauge", "Incoming SIP connections open now, by transport")
+        fam = _Family("softswitch_sip_connections_open", "gauge", "Incoming SIP connections open now, by transport")
         fam.add(conn.tcp, {"transport": "tcp"}).add(conn.tls, {"transport": "tls"})
         out.append(fam)
         out.append(_Family("softswitch_sip_connections_trusted", "gauge",
