@@ -44,6 +44,11 @@
 #define TG_MAX_EVENTS 2048
 #define TG_SWEEP_MS 500
 #define TG_MAX_UNWATCHED 64
+/* A flood from one address would write a log line per connection: its limit refusals are
+ * reported once, then at most every TG_QUIET_MS with the number refused in between. */
+#define TG_QUIET_MS 10000
+#define TG_QUIET_SLOTS 1024
+#define TG_QUIET_PROBE 8
 
 typedef enum {
     TG_CLOSE_CONNECTION_LIMIT = 0, /* the source holds its limit of unauthenticated connections */
@@ -86,7 +91,7 @@ typedef struct {
     char ip[PJ_INET6_ADDRSTRLEN];
     int port;
     char transport[8];
-    char detail[112];
+    char detail[160];
 } tg_event_t;
 
 typedef struct {
@@ -94,6 +99,13 @@ typedef struct {
     unsigned gen;
     unsigned pending;
 } tg_source_t;
+
+typedef struct {
+    char ip[PJ_INET6_ADDRSTRLEN];
+    tg_close_reason_t reason;
+    pj_uint64_t reported_at; /* monotonic ms; 0: free */
+    unsigned long quiet;     /* refusals since, not reported */
+} tg_quiet_t;
 
 static struct {
     int installed;
@@ -114,6 +126,7 @@ static struct {
     int live_trusted;
     tg_source_t sources[TG_SOURCES];
     unsigned source_gen;
+    tg_quiet_t quiet[TG_QUIET_SLOTS];
     tg_event_t events[TG_MAX_EVENTS];
     unsigned ev_head, ev_count;
     unsigned long long accepted, became_trusted, closed[TG_CLOSE_REASONS], events_dropped;
@@ -140,6 +153,7 @@ static unsigned hash_str(const char *s) {
 }
 
 static void table_reset(void) {
+    memset(g.quiet, 0, sizeof(g.quiet));
     memset(g.conns, 0, sizeof(g.conns));
     for (int i = 0; i < TG_BUCKETS; i++) g.buckets[i] = -1;
     for (int i = 0; i < TG_MAX_CONNS; i++) g.conns[i].next = i + 1 < TG_MAX_CONNS ? i + 1 : -1;
@@ -201,12 +215,49 @@ static int guarded(const pjsip_transport *tp) {
            !(tp->flag & PJSIP_TRANSPORT_DATAGRAM);
 }
 
+/* Whether a limit refusal of ip is reported now; if so, *quiet says how many were not since. */
+static int report_refusal(const char *ip, tg_close_reason_t why, unsigned long *quiet) {
+    pj_uint64_t now = mono_ms();
+    unsigned h = (hash_str(ip) ^ (unsigned)why) % TG_QUIET_SLOTS;
+    tg_quiet_t *oldest = NULL;
+    for (unsigned n = 0; n < TG_QUIET_PROBE; n++) {
+        tg_quiet_t *q = &g.quiet[(h + n) % TG_QUIET_SLOTS];
+        if (q->reported_at && q->reason == why && strcmp(q->ip, ip) == 0) {
+            if (now - q->reported_at < TG_QUIET_MS) {
+                q->quiet++;
+                return 0;
+            }
+            *quiet = q->quiet;
+            q->quiet = 0;
+            q->reported_at = now;
+            return 1;
+        }
+        if (!oldest || q->reported_at < oldest->reported_at) oldest = q;
+    }
+    snprintf(oldest->ip, sizeof(oldest->ip), "%s", ip); /* a new address takes the stalest slot */
+    oldest->reason = why;
+    oldest->reported_at = now;
+    oldest->quiet = 0;
+    *quiet = 0;
+    return 1;
+}
+
 /* Mark for closing (done from a timer, never inside pjsip's callbacks) and say why. */
 static void condemn(tg_conn_t *c, tg_close_reason_t why, const char *detail) {
     if (c->state != TG_OPEN) return;
     c->state = TG_CLOSING;
     c->reason = why;
     g.closed[why]++;
+    if (why == TG_CLOSE_CONNECTION_LIMIT || why == TG_CLOSE_PENDING_LIMIT) {
+        unsigned long quiet = 0;
+        if (!report_refusal(c->ip, why, &quiet)) return;
+        if (quiet) {
+            char text[sizeof(((tg_event_t *)0)->detail)];
+            snprintf(text, sizeof(text), "%s; %lu more refused since the last report", detail, quiet);
+            push_event(tg_reason_event[why], c->ip, c->port, c->tls, text);
+            return;
+        }
+    }
     push_event(tg_reason_event[why], c->ip, c->port, c->tls, detail);
 }
 
@@ -324,7 +375,7 @@ static void on_connected(pjsip_transport *tp) {
     c->connected_at = mono_ms();
     c->recv_ts = tp->last_recv_ts;
     g.live[tls]++;
-    char detail[112];
+    char detail[160];
     if (g.max_per_source && untrusted + 1 > g.max_per_source) {
         snprintf(detail, sizeof(detail), "%u unauthenticated connections from this address already (limit %u)",
                  untrusted, g.max_per_source);
@@ -377,7 +428,7 @@ static void sweep(void) {
         memset(g.sources, 0, sizeof(g.sources));
         g.source_gen = 1;
     }
-    char detail[112];
+    char detail[160];
     for (int i = 0; i < TG_MAX_CONNS; i++) {
         tg_conn_t *c = &g.conns[i];
         if (!c->tp || c->state != TG_OPEN) continue;
