@@ -304,9 +304,11 @@ static void schedule_close(void) {
 
 /* ---- what arrives on a connection ---------------------------------------------------------- */
 
+/* pjsip just finished a message or a dropped range: what follows it in the buffer is the start of
+ * the next request, so its clock starts now (a connection that keeps completing requests is
+ * never timed out, however its bytes are split). */
 static void update_pending(tg_conn_t *c) {
-    if (c->consumed >= c->tp->last_recv_len) c->pending_since = 0;
-    else if (!c->pending_since) c->pending_since = mono_ms();
+    c->pending_since = c->consumed >= c->tp->last_recv_len ? 0 : mono_ms();
 }
 
 /* pjsip got as far as `end` in the receive it is processing now. */

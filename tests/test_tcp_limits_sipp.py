@@ -162,6 +162,28 @@ def test_a_half_sent_invite_and_silent_connections_are_closed(server_factory):
     assert answer is not None and answer.status == 200
 
 
+def test_requests_split_across_writes_keep_a_connection_open_while_each_completes(server_factory):
+    """Every write ends in the middle of the next OPTIONS, for three times the request timeout:
+    requests keep completing, so the connection is not the half-sent request the timeout is for."""
+    server = guarded_server(server_factory)
+    port = server.sip_port
+    with connect(server, "127.0.0.32") as sock:
+        pieces = [options("127.0.0.32", port).encode() for _ in range(13)]
+        half = len(pieces[0]) // 2
+        sock.sendall(pieces[0][:half])
+        received = b""
+        for previous, following in zip(pieces, pieces[1:]):
+            time.sleep(0.25)
+            sock.sendall(previous[half:] + following[:half])
+            sock.settimeout(5)
+            while received.count(b"SIP/2.0 200") < pieces.index(following):
+                chunk = sock.recv(65535)
+                assert chunk, "the server closed a connection whose requests kept completing"
+                received += chunk
+        assert not closed_by_server(sock)
+    assert closed_counts(server) == {}
+
+
 class TcpPhone:
     """A phone registered over its own TCP connection: it sends CRLF keep-alives (RFC 5626) and
     answers every request the server sends it over that connection with 200."""
