@@ -263,7 +263,9 @@ def test_phones_registered_from_one_address_keep_their_connections(server_factor
         assert [p.closed for p in phones] == [False] * len(phones)
         # Each phone was reached over its own connection (the registrar's OPTIONS keep-alives).
         assert all("OPTIONS" in p.requests for p in phones), [p.requests for p in phones]
-        assert server.status()["registrations"]["extensions"] == users
+        status = server.status()
+        assert status["registrations"]["extensions"] == users
+        assert status["connections"]["trusted"] == len(phones) and status["connections"]["tcp"] == len(phones)
         # Registered phones do not use up the address's unauthenticated connections: four more
         # are let in and answered, the fifth is closed, and the phones are still connected.
         for _ in range(MAX_PER_SOURCE + 1):
