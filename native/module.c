@@ -197,6 +197,10 @@ PyMODINIT_FUNC PyInit__softswitch_native(void) {
     if (PyType_Ready(&FramePortType) < 0 || PyType_Ready(&RegistrarType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
+    if (PyModule_AddFunctions(m, ss_tcpguard_methods) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&FramePortType);
     if (PyModule_AddObject(m, "FramePort", (PyObject *)&FramePortType) < 0) {
         Py_DECREF(&FramePortType);

@@ -913,6 +913,7 @@ static void handle_register(RegistrarObject *r, pjsip_rx_data *rdata, source_slo
     if (!tdata) return;
     add_contacts_to_response(a, tdata);
     r->n_register_ok++;
+    ss_tcpguard_trusted(rdata->tp_info.transport);
     send_stateless(rdata, tdata);
 }
 
@@ -1408,6 +1409,7 @@ static pj_bool_t admit(RegistrarObject *r, pjsip_rx_data *rdata, const char *kin
     }
     remember_classification(r, rdata, kind, ref, extension, group);
     r->n_invite_passed++;
+    ss_tcpguard_trusted(rdata->tp_info.transport);
     return PJ_FALSE;
 }
 

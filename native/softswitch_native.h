@@ -12,6 +12,14 @@
 #define SS_PJ_PORT_HAS_GRP_LOCK 1
 #else
 #define SS_PJ_PORT_HAS_GRP_LOCK 0
+/* ---- bounds on incoming TCP/TLS connections per source (tcpguard.c) ------------------------- */
+
+/* The module functions tcpguard_configure, _close, _poll_events, _stats (added in module.c). */
+extern PyMethodDef ss_tcpguard_methods[];
+/* A REGISTER succeeded or an INVITE was admitted over tp: its connection no longer counts
+ * against its source's limits. Any transport may be passed (UDP and unwatched ones are ignored). */
+void ss_tcpguard_trusted(pjsip_transport *tp);
+
 #endif
 
 extern PyTypeObject FramePortType;
@@ -77,5 +85,13 @@ typedef void (*ss_rxdrop_handler)(pjsip_tp_dropped_data *dd);
 /* Adds a handler (installs the callback on first use; UA thread); 0 on success, -1 when full. */
 int ss_rxdrop_add(ss_rxdrop_handler handler);
 void ss_rxdrop_remove(ss_rxdrop_handler handler);
+
+/* ---- bounds on incoming TCP/TLS connections per source (tcpguard.c) ------------------------- */
+
+/* The module functions tcpguard_configure, _close, _poll_events, _stats (added in module.c). */
+extern PyMethodDef ss_tcpguard_methods[];
+/* A REGISTER succeeded or an INVITE was admitted over tp: its connection no longer counts
+ * against its source's limits. Any transport may be passed (UDP and unwatched ones are ignored). */
+void ss_tcpguard_trusted(pjsip_transport *tp);
 
 #endif

@@ -343,6 +343,12 @@ class SecurityConfig:
     refused_user_agents: list[str] = field(
         default_factory=lambda: ["friendly-scanner", "sipvicious", "sipcli", "sip-scan", "iwar", "sundayddr",
                                  "vaxsipuseragent"])  # case-insensitive substrings
+    # Incoming TCP and TLS connections (native/tcpguard.c). A connection over which a REGISTER
+    # succeeded or an INVITE was admitted is trusted and not counted against its address.
+    tcp_max_connections_per_source: int = _setting(64, lo=0)  # unauthenticated ones per address; 0: no limit
+    tcp_max_pending_per_source: int = _setting(16, lo=0)  # of those, without a complete request yet; 0: no limit
+    tcp_request_timeout_seconds: int = _setting(10, lo=0, hi=3600)  # a begun request must be complete by then; 0: never
+    tcp_first_request_timeout_seconds: int = _setting(30, lo=0, hi=3600)  # no complete request since connecting; 0: never
 
 
 @dataclass(frozen=True, kw_only=True)

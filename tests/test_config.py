@@ -110,6 +110,10 @@ def test_unknown_key_and_wrong_type_are_both_reported_with_file_and_line(tmp_pat
         pytest.param("sip:\n  tcp_port: true\n", 2, "sip.tcp_port", "got the boolean", id="bool-is-not-int"),
         pytest.param("sip:\n  max_calls: 2000\n", 2, "sip.max_calls", "1..1024", id="max-calls"),
         pytest.param("sip:\n  rtp_port_start: 20001\n", 2, "sip.rtp_port_start", "must be even", id="rtp-odd"),
+        pytest.param("security:\n  tcp_request_timeout_seconds: -1\n", 2, "security.tcp_request_timeout_seconds",
+                     "out of range", id="tcp-timeout-negative"),
+        pytest.param("security:\n  tcp_max_connections_per_source: lots\n", 2,
+                     "security.tcp_max_connections_per_source", "expected an integer", id="tcp-limit-not-int"),
         pytest.param("sip:\n  listen_address: localhost\n", 2, "sip.listen_address", "IPv4 or IPv6", id="bind-ip"),
         pytest.param(
             "logging:\n  format: text\n  level: verbose\n",

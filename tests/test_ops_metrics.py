@@ -160,6 +160,23 @@ def test_every_family_has_help_and_type_before_its_samples_and_names_are_softswi
     assert text.endswith("\n")
 
 
+def test_the_tcp_guard_figures_are_gauges_and_counters_by_reason_and_in_status():
+    stats = {"installed": True, "connections_tcp": 7, "connections_tls": 2, "connections_trusted": 5,
+             "connections_pending": 1, "accepted": 40, "became_trusted": 6, "events_dropped": 0,
+             "closed_connection_limit": 26, "closed_request_timeout": 2, "closed_silent_timeout": 0}
+    snap = snapshot(connections=m.ConnectionGauge.from_stats(stats))
+    got = samples(m.render_prometheus(snap, stale=False))
+    assert got['softswitch_sip_connections_open{transport="tcp"}'] == 7
+    assert got['softswitch_sip_connections_open{transport="tls"}'] == 2
+    assert got["softswitch_sip_connections_trusted"] == 5 and got["softswitch_sip_connections_pending"] == 1
+    assert got["softswitch_sip_connections_accepted_total"] == 40
+    assert got['softswitch_sip_connections_closed_total{reason="connection_limit"}'] == 26
+    assert got['softswitch_sip_connections_closed_total{reason="request_timeout"}'] == 2
+    doc = m.status_document(snap, stale=False)["connections"]
+    assert doc == {"tcp": 7, "tls": 2, "trusted": 5, "pending": 1, "accepted": 40,
+                   "closed": {"connection_limit": 26, "request_timeout": 2, "silent_timeout": 0}}
+
+
 def test_label_values_and_help_text_are_escaped():
     fam = m._Family("softswitch_x_total", "counter", 'back\\slash and\nnewline').add(1, {"logger": 'a"b\\c\nd'})
     text = m.render_families([fam])

@@ -87,6 +87,25 @@ class OverloadGauge:
 
 
 @dataclass(frozen=True)
+class ConnectionGauge:
+    """Incoming SIP connections (TCP and TLS) and what the TCP guard closed (native/tcpguard.c)."""
+
+    tcp: int = 0
+    tls: int = 0
+    trusted: int = 0  # over which a REGISTER succeeded or a call was admitted: not counted against limits
+    pending: int = 0  # without a complete request yet, or with one in progress
+    accepted: int = 0
+    closed: Mapping[str, int] = field(default_factory=dict)  # by reason: connection_limit, request_timeout, ...
+
+    @classmethod
+    def from_stats(cls, stats: Mapping[str, Any]) -> "ConnectionGauge":
+        closed = {k[len("closed_"):]: int(v) for k, v in stats.items() if k.startswith("closed_")}
+        return cls(tcp=int(stats.get("connections_tcp", 0)), tls=int(stats.get("connections_tls", 0)),
+                   trusted=int(stats.get("connections_trusted", 0)), pending=int(stats.get("connections_pending", 0)),
+                   accepted=int(stats.get("accepted", 0)), closed=closed)
+
+
+@dataclass(frozen=True)
 class ProcessGauge:
     cpu_seconds: float
     rss_bytes: int | None
@@ -130,6 +149,7 @@ class MetricsSnapshot:
     loop_lag: LoopLag
     process: ProcessGauge
     security: Mapping[str, int] = field(default_factory=dict)  # the edge's decisions, by SECURITY_DECISIONS name
+    connections: ConnectionGauge = field(default_factory=ConnectionGauge)
 
 
 # ---- collecting ---------------------------------------------------------------------------------
@@ -198,6 +218,8 @@ class Metrics:
         registrar = ua.registrar
         native = dict(registrar.stats()) if registrar is not None else {}
         responses_of = getattr(registrar, "sip_response_counts", None)
+        guard = getattr(registrar, "tcp_guard", None)
+        connections = ConnectionGauge.from_stats(guard.stats()) if guard is not None else ConnectionGauge()
         responses = dict(responses_of()) if callable(responses_of) else {}
         recordings = getattr(handler, "recordings", None)
         health = getattr(ua, "recording_health", None)
@@ -238,6 +260,7 @@ class Metrics:
                              stats.recent_max),
             process=process,
             security={d: int(native[f"security_{d}"]) for d in SECURITY_DECISIONS if f"security_{d}" in native},
+            connections=connections,
         )
 
     def _cpu(self, cpu_now: float) -> float:
@@ -445,6 +468,23 @@ def families(snap: MetricsSnapshot | None, *, stale: bool, process: ProcessGauge
         for decision, n in sorted(snap.security.items()):
             fam.add(n, {"decision": decision})
         out.append(fam)
+        conn = snap.connections
+        fam = _Family("softswitch_sip_connections_open", "gauge", "Incoming SIP connections open now, by transport")
+        fam.add(conn.tcp, {"transport": "tcp"}).add(conn.tls, {"transport": "tls"})
+        out.append(fam)
+        out.append(_Family("softswitch_sip_connections_trusted", "gauge",
+                           "Incoming connections over which a REGISTER succeeded or a call was admitted")
+                   .add(conn.trusted))
+        out.append(_Family("softswitch_sip_connections_pending", "gauge",
+                           "Incoming connections without a complete request yet, or with one in progress")
+                   .add(conn.pending))
+        out.append(_Family("softswitch_sip_connections_accepted_total", "counter",
+                           "Incoming TCP and TLS connections accepted").add(conn.accepted))
+        fam = _Family("softswitch_sip_connections_closed_total", "counter",
+                      "Incoming connections the TCP guard closed, by reason")
+        for reason, n in sorted(conn.closed.items()):
+            fam.add(n, {"reason": reason})
+        out.append(fam)
         fam = _Family("softswitch_overload_refusals_total", "counter", "New calls refused with 503 by overload control")
         for reason, n in sorted(snap.overload.refusals.items()):
             fam.add(n, {"reason": reason})
@@ -524,6 +564,9 @@ def status_document(snap: MetricsSnapshot | None, *, stale: bool, http_listen: s
         "overload": {"overloaded": snap.overload.overloaded, "reason": snap.overload.reason,
                      "cpuPercent": snap.overload.cpu_percent,
                      "loopLagMs": snap.overload.loop_lag_ms, "refusals": dict(snap.overload.refusals)},
+        "connections": {"tcp": snap.connections.tcp, "tls": snap.connections.tls,
+                        "trusted": snap.connections.trusted, "pending": snap.connections.pending,
+                        "accepted": snap.connections.accepted, "closed": dict(sorted(snap.connections.closed.items()))},
         "cpuPercent": round(snap.cpu_percent, 1),
         "loopLag": {"recentMaxMs": round(snap.loop_lag.recent_max_s * 1000, 1), "turns": snap.loop_lag.turns},
     })

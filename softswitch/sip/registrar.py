@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable
 import _softswitch_native as native
 
 from . import srtp
+from .tcpguard import TcpGuard
 from ..ops.overload import LiveInbound, OverloadMonitor, OverloadState, RefusalLog
 
 if TYPE_CHECKING:
@@ -84,7 +85,8 @@ class RegistrationEvent:
 class SecurityEvent:
     # auth_failure | auth_failure_blocked | invite_challenged | user_agent_refused | flood_blocked | aor_mismatch;
     # from a trunk address, which is never blocked: trunk_auth_failure | trunk_auth_failure_limit |
-    # trunk_over_flood_rate | trunk_options_limited | trunk_requests_limited
+    # trunk_over_flood_rate | trunk_options_limited | trunk_requests_limited;
+    # from the TCP guard: a tcpguard.TcpGuardDecision (tcp_connection_limit, tcp_request_timeout, ...)
     event: str
     source_ip: str
     source_port: int
@@ -152,6 +154,7 @@ class Registrar:
     def __init__(self, ua: "UserAgent", config: "Config") -> None:
         self.ua = ua
         self._native = native.Registrar(config.registrar.realm)
+        self.tcp_guard = TcpGuard()
         self._listeners: list[Callable[[RegistrationEvent], None]] = []
         self._route_tokens: dict[str, str] = {}
         # Bindings as last read from the native table, and by extension. Queues ask "is X online,
@@ -212,6 +215,7 @@ class Registrar:
                                       retry_after=lim.retry_after_seconds)
         self.overload.set_limits(lim.max_cpu_percent, lim.max_loop_lag_ms)
         self._configure_keepalive(config)
+        self.tcp_guard.configure(sec)
 
     def _configure_keepalive(self, config: "Config") -> None:
         ka, sip = config.registrar.keepalive, config.sip
@@ -301,14 +305,14 @@ class Registrar:
         callbacks ran) and tell the gate how many inbound legs are live now."""
         self._native.sync_live_inbound(self._live_inbound.count)
         self._refusal_log.poll()
-        events = self._native.poll_events()
+        events = self._native.poll_events() + [("security", d) for d in self.tcp_guard.events()]
         if any(kind != "security" for kind, _ in events):
             self._bindings_changed()
         for kind, data in events:
             if kind == "security":
                 ev = SecurityEvent(**data)
-                security_log.warning("security event %s from %s:%d (%s %s): %s", ev.event, ev.source_ip,
-                                     ev.source_port, ev.transport, ev.method, ev.detail,
+                security_log.warning("security event %s from %s:%d (%s): %s", ev.event, ev.source_ip,
+                                     ev.source_port, f"{ev.transport} {ev.method}".strip(), ev.detail,
                                      extra={"event": {"security": ev.event, "source_ip": ev.source_ip,
                                                       "source_port": ev.source_port, "transport": ev.transport,
                                                       "method": ev.method, "user_agent": ev.user_agent,
@@ -341,4 +345,5 @@ class Registrar:
         self._keepalive_sweep.cancel()
         self.overload.stop()
         self._unwatch_legs()
+        self.tcp_guard.close()
         self._native.close()
