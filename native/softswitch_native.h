@@ -12,6 +12,20 @@
 #define SS_PJ_PORT_HAS_GRP_LOCK 1
 #else
 #define SS_PJ_PORT_HAS_GRP_LOCK 0
+/* ---- answers to malformed and oversized requests (malformed.c) ------------------------------- */
+
+/* Registers the dropped-data handler that answers requests pjsip drops (400, 416, 501, 505, 513). */
+int ss_malformed_install(void);
+void ss_malformed_on_drop(pjsip_tp_dropped_data *dd);
+/* For an initial request pjsip parsed: answers it (400, 420 or 406) and returns the code, with the
+ * problem in *reason; 0 when it may go on. */
+int ss_validate_request(pjsip_rx_data *rdata, const char **reason);
+/* Defined by the registrar: WWW-Authenticate lines (each CRLF-ended) for a REGISTER from src_ip
+ * that pjsip could not parse; returns the bytes written (0 when none fit or no registrar). */
+size_t ss_registrar_challenge_lines(const char *src_ip, char *buf, size_t size);
+/* Adds the answers sent so far, "edge_answer_<code>": n, to a stats dict. */
+void ss_malformed_stats(PyObject *stats);
+
 #endif
 
 extern PyTypeObject FramePortType;
@@ -77,5 +91,19 @@ typedef void (*ss_rxdrop_handler)(pjsip_tp_dropped_data *dd);
 /* Adds a handler (installs the callback on first use; UA thread); 0 on success, -1 when full. */
 int ss_rxdrop_add(ss_rxdrop_handler handler);
 void ss_rxdrop_remove(ss_rxdrop_handler handler);
+
+/* ---- answers to malformed and oversized requests (malformed.c) ------------------------------- */
+
+/* Registers the dropped-data handler that answers requests pjsip drops (400, 416, 501, 505, 513). */
+int ss_malformed_install(void);
+void ss_malformed_on_drop(pjsip_tp_dropped_data *dd);
+/* For an initial request pjsip parsed: answers it (400, 420 or 406) and returns the code, with the
+ * problem in *reason; 0 when it may go on. */
+int ss_validate_request(pjsip_rx_data *rdata, const char **reason);
+/* Defined by the registrar: WWW-Authenticate lines (each CRLF-ended) for a REGISTER from src_ip
+ * that pjsip could not parse; returns the bytes written (0 when none fit or no registrar). */
+size_t ss_registrar_challenge_lines(const char *src_ip, char *buf, size_t size);
+/* Adds the answers sent so far, "edge_answer_<code>": n, to a stats dict. */
+void ss_malformed_stats(PyObject *stats);
 
 #endif
