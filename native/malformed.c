@@ -386,6 +386,10 @@ void ss_malformed_on_drop(pjsip_tp_dropped_data *dd) {
     } else {
         pjsip_rx_data *rdata = udp_rdata_of(dd);
         if (!rdata) return;
+        if (rdata->pkt_info.len >= PJSIP_MAX_PKT_LEN) { /* cut short at the read limit */
+            code = 513;
+            reason = "Message Too Large";
+        }
         pj_memcpy(&addr, &rdata->pkt_info.src_addr, sizeof(addr));
         addr_len = rdata->pkt_info.src_addr_len;
     }
@@ -478,23 +482,27 @@ static int count_hdrs(pjsip_msg *msg, pjsip_hdr_e type) {
     return n;
 }
 
-/* A Require option pjsip does not list in its Supported capability, or NULL. */
-static const pj_str_t *unsupported_option(pjsip_rx_data *rdata, pjsip_require_hdr **req_out) {
-    const pjsip_hdr *sup = pjsip_endpt_get_capability(pjsua_get_pjsip_endpt(), PJSIP_H_SUPPORTED, NULL);
-    const pjsip_generic_array_hdr *supported = (const pjsip_generic_array_hdr *)sup;
+static int is_supported(const pj_str_t *option) {
+    const pjsip_generic_array_hdr *supported = (const pjsip_generic_array_hdr *)pjsip_endpt_get_capability(
+        pjsua_get_pjsip_endpt(), PJSIP_H_SUPPORTED, NULL);
+    for (unsigned j = 0; supported && j < supported->count; j++)
+        if (pj_stricmp(option, &supported->values[j]) == 0) return 1;
+    return 0;
+}
+
+/* The Require options pjsip does not list in its Supported capability (100rel, timer, replaces...
+ * are there), as an Unsupported header; NULL when all are supported. */
+static pjsip_unsupported_hdr *unsupported_options(pjsip_rx_data *rdata) {
+    pjsip_unsupported_hdr *uns = NULL;
     for (pjsip_require_hdr *req = (pjsip_require_hdr *)pjsip_msg_find_hdr(rdata->msg_info.msg, PJSIP_H_REQUIRE, NULL);
          req; req = (pjsip_require_hdr *)pjsip_msg_find_hdr(rdata->msg_info.msg, PJSIP_H_REQUIRE, req->next)) {
         for (unsigned i = 0; i < req->count; i++) {
-            int found = 0;
-            for (unsigned j = 0; supported && j < supported->count && !found; j++)
-                found = pj_stricmp(&req->values[i], &supported->values[j]) == 0;
-            if (!found) {
-                *req_out = req;
-                return &req->values[i];
-            }
+            if (is_supported(&req->values[i])) continue;
+            if (!uns) uns = pjsip_unsupported_hdr_create(rdata->tp_info.pool);
+            if (uns->count < PJSIP_GENERIC_ARRAY_MAX_COUNT) uns->values[uns->count++] = req->values[i];
         }
     }
-    return NULL;
+    return uns;
 }
 
 /* An INVITE whose Accept lists media types but none that SDP answers could have. */
@@ -531,7 +539,13 @@ static void send_parsed_answer(pjsip_rx_data *rdata, int code, const char *reaso
 
 int ss_validate_request(pjsip_rx_data *rdata, const char **reason_out) {
     pjsip_msg *msg = rdata->msg_info.msg;
-    static char reason[160];
+    static char reason[160]; /* the reason phrase lives until the registrar logs it */
+    if (!(rdata->tp_info.transport->flag & PJSIP_TRANSPORT_RELIABLE) && rdata->pkt_info.len >= PJSIP_MAX_PKT_LEN) {
+        /* pjsip reads PJSIP_MAX_PKT_LEN octets of a datagram: a longer one arrived cut short */
+        *reason_out = "datagram over the message size limit";
+        send_parsed_answer(rdata, 513, "Message Too Large", NULL);
+        return 513;
+    }
     const char *problem = start_line_problem(rdata);
     span_t values[4];
     if (!problem && rdata->msg_info.cseq && pjsip_method_cmp(&rdata->msg_info.cseq->method, &msg->line.req.method))
@@ -563,18 +577,11 @@ int ss_validate_request(pjsip_rx_data *rdata, const char **reason_out) {
         send_parsed_answer(rdata, 400, full, NULL);
         return 400;
     }
-    pjsip_require_hdr *req = NULL;
-    const pj_str_t *option = unsupported_option(rdata, &req);
-    if (option) {
+    pjsip_unsupported_hdr *uns = unsupported_options(rdata);
+    if (uns) {
         /* RFC 3261 8.2.2.3: 420 listing in Unsupported the Require options we do not support */
-        pjsip_tx_data *probe = NULL;
-        (void)probe;
-        pjsip_unsupported_hdr *uns = pjsip_unsupported_hdr_create(rdata->tp_info.pool);
-        for (unsigned i = 0; i < req->count && uns->count < PJSIP_GENERIC_ARRAY_MAX_COUNT; i++)
-            uns->values[uns->count++] = req->values[i];
-        snprintf(reason, sizeof(reason), "Bad Extension");
         *reason_out = "Require lists an unsupported extension";
-        send_parsed_answer(rdata, 420, reason, (pjsip_hdr *)uns);
+        send_parsed_answer(rdata, 420, "Bad Extension", (pjsip_hdr *)uns);
         return 420;
     }
     if (msg->line.req.method.id == PJSIP_OTHER_METHOD && !known_method((span_t){msg->line.req.method.name.ptr,

@@ -243,3 +243,41 @@ def test_an_oversized_tcp_request_gets_513_and_its_connection_is_closed(server_f
     assert [parse_reply(m).status for m in messages][:1] == [513], received[:300]
     assert closed, "the connection stayed open after the oversized request"
     assert server.proc.poll() is None and sip_options_ok(server.sip_port, timeout=2.0)
+
+
+def options(transport: str, call_id: str, extra: str = "", body: str = "") -> bytes:
+    return (f"OPTIONS sip:probe@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/{transport} {SOURCE_IP}:5060;branch=z9hG4bK{call_id}\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:probe@{SOURCE_IP}>;tag={call_id}\r\nTo: <sip:probe@127.0.0.1>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\n{extra}Content-Length: {len(body)}\r\n\r\n{body}").encode()
+
+
+def test_an_oversized_udp_datagram_gets_513(server_factory, tmp_path):
+    # pjsip reads 8,000 octets of a datagram; the kernel drops the rest
+    server = server_factory(**fuzz_sections(tmp_path))
+    in_body = options("UDP", "big-body", body="b" * 9000)
+    in_headers = options("UDP", "big-headers", extra="X-Filler: " + "h" * 9000 + "\r\n")
+    assert send_udp(server.sip_port, in_body, ANSWER_WAIT_S) == [513]
+    assert send_udp(server.sip_port, in_headers, ANSWER_WAIT_S) == [513]
+    assert send_udp(server.sip_port, options("UDP", "small", body="b" * 7000), ANSWER_WAIT_S) == [200]
+    assert server.proc.poll() is None
+
+
+def test_require_lists_only_what_is_unsupported_and_pjsip_extensions_pass(server_factory, tmp_path):
+    server = server_factory(**fuzz_sections(tmp_path))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((SOURCE_IP, 0))
+        sock.sendto(options("UDP", "req-known", extra="Require: 100rel, timer, replaces\r\n"), ("127.0.0.1", server.sip_port))
+        sock.sendto(options("UDP", "req-mixed", extra="Require: timer, foo-ext\r\n"), ("127.0.0.1", server.sip_port))
+        replies = {}
+        deadline = time.monotonic() + 5
+        while len(replies) < 2 and time.monotonic() < deadline:
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                reply = parse_reply(sock.recv(65535))
+            except (socket.timeout, TimeoutError):
+                break
+            if reply and reply.status and reply.status >= 200:
+                replies[reply.call_id] = reply
+    assert replies["req-known"].status == 200  # what pjsip supports is not refused
+    assert replies["req-mixed"].status == 420
+    assert replies["req-mixed"].header("Unsupported").replace(" ", "") == "foo-ext"
