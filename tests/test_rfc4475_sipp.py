@@ -67,7 +67,8 @@ CASES = [
     c("transports", "3.1.1.10", "request", {200}),
     c("mpart01", "3.1.1.11", "request", {200, 202, 403, 404, 405, 415, 488, 501},
       {None, 200, 202, 403, 404, 405, 415, 488, 501},
-      why="over TCP pjsua leaves this MESSAGE unanswered (pjsip decides; not the edge's)"),
+      why="the TCP copy has the UDP copy's branch: pjsip takes it for a retransmission of that stateful "
+          "MESSAGE transaction and resends the 200 to the UDP source (alone, over TCP, it gets 200)"),
     c("unreason", "3.1.1.12", "response", SILENCE, why="a response to no request: absorbed"),
     c("noreason", "3.1.1.13", "response", SILENCE),
     # 3.1.2 invalid messages: 400 (505 for the version), never a 2xx
