@@ -469,7 +469,10 @@ static int bad_name_addr(span_t v) {
     size_t before = (size_t)(lt - v.ptr);
     if (before && v.ptr[0] != '"') {
         for (size_t i = 0; i < before; i++)
-            if (!is_token_char((unsigned char)v.ptr[i]) && v.ptr[i] != ' ' && v.ptr[i] != '\t') return 1;
+            /* UTF-8 (>= 0x80) is let through: phones write unquoted non-ASCII names */
+            if (!is_token_char((unsigned char)v.ptr[i]) && v.ptr[i] != ' ' && v.ptr[i] != '\t' &&
+                (unsigned char)v.ptr[i] < 0x80)
+                return 1;
     }
     const char *gt = memchr(lt, '>', v.len - before);
     if (!gt) return 0;
