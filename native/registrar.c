@@ -181,7 +181,7 @@ typedef struct source_slot {
     /* A trunk address's own limits (it is never blocked), and when each kind of its security
      * events was last logged: a forged flood must not flood the log either. */
     token_bucket_t trunk_options, trunk_requests;
-    pj_uint64_t options_logged, requests_logged, flood_logged, failures_quiet_until;
+    pj_uint64_t options_logged, requests_logged, flood_logged, malformed_logged, failures_quiet_until;
 } source_slot_t;
 
 typedef struct classify_slot {
@@ -542,6 +542,26 @@ static void add_challenges(RegistrarObject *r, pjsip_tx_data *tdata, pjsip_rx_da
         h->challenge.digest.stale = stale;
         pjsip_msg_add_hdr(tdata->msg, (pjsip_hdr *)h);
     }
+}
+
+/* For malformed.c: the challenge of add_challenges as raw header lines, for a REGISTER pjsip could
+ * not parse (credentials in an unknown scheme are no credentials, RFC 4475 3.3.7). */
+size_t ss_registrar_challenge_lines(const char *src_ip, char *buf, size_t size) {
+    RegistrarObject *r = the_registrar;
+    if (!r || !size) return 0;
+    char nonce[80];
+    make_nonce(r, src_ip, nonce);
+    size_t at = 0;
+    const char *algs[2] = {r->sha256_first ? "SHA-256" : "MD5", r->sha256_first ? "MD5" : "SHA-256"};
+    for (int i = 0; i < 2; i++) {
+        int on = strcmp(algs[i], "MD5") == 0 ? r->challenge_md5 : r->challenge_sha256;
+        if (!on) continue;
+        int n = snprintf(buf + at, size - at, "WWW-Authenticate: Digest realm=\"%s\", nonce=\"%s\", algorithm=%s, qop=\"auth\"\r\n",
+                         r->realm, nonce, algs[i]);
+        if (n < 0 || (size_t)n >= size - at) break;
+        at += (size_t)n;
+    }
+    return at;
 }
 
 /* The retransmission cache: the last response sent for a request (source, Via branch, CSeq),
@@ -1528,6 +1548,17 @@ static pj_bool_t on_rx_request(pjsip_rx_data *rdata) {
         security_event(r, "user_agent_refused", rdata, "User-Agent on the refusal list");
         return PJ_TRUE;
     }
+    const char *malformed = NULL;
+    if (ss_validate_request(rdata, &malformed, 0)) {
+        /* Refused (400, 406, 420, 501, 513: malformed.c). From a trunk address the answers share
+         * its request limit, so forged garbage makes softswitch send nothing much to the real trunk;
+         * the log line is kept to one per source every 10 s (every refusal is counted). */
+        if (!trunk_address || trunk_limit_admits(r, rdata, src, TRUNK_REQUESTS)) {
+            ss_validate_request(rdata, &malformed, 1);
+            if (trunk_log_due(&src->malformed_logged)) security_event(r, "malformed_request", rdata, malformed);
+        }
+        return PJ_TRUE;
+    }
     if ((mid == PJSIP_REGISTER_METHOD || mid == PJSIP_INVITE_METHOD) && resend_cached(r, rdata)) return PJ_TRUE;
     if (mid == PJSIP_REGISTER_METHOD) {
         user_t *u = NULL;
@@ -1809,6 +1840,7 @@ static int Registrar_init(RegistrarObject *self, PyObject *args, PyObject *kwds)
     }
     pj_str_t reg = pj_str("REGISTER");
     pjsip_endpt_add_capability(endpt, &self->mod, PJSIP_H_ALLOW, NULL, 1, &reg);
+    if (ss_malformed_install() < 0) PJ_LOG(2, ("registrar.c", "No room for the malformed-request handler"));
     self->installed = 1;
     the_registrar = self;
     return 0;
@@ -2129,6 +2161,7 @@ static PyObject *Registrar_stats(RegistrarObject *self, PyObject *unused) {
         Py_XDECREF(n);
     }
     keepalive_stats(self, d);
+    ss_malformed_stats(d);
     return d;
 }
 

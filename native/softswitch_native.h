@@ -12,14 +12,6 @@
 #define SS_PJ_PORT_HAS_GRP_LOCK 1
 #else
 #define SS_PJ_PORT_HAS_GRP_LOCK 0
-/* ---- bounds on incoming TCP/TLS connections per source (tcpguard.c) ------------------------- */
-
-/* The module functions tcpguard_configure, _close, _poll_events, _stats (added in module.c). */
-extern PyMethodDef ss_tcpguard_methods[];
-/* A REGISTER succeeded or an INVITE was admitted over tp: its connection no longer counts
- * against its source's limits. Any transport may be passed (UDP and unwatched ones are ignored). */
-void ss_tcpguard_trusted(pjsip_transport *tp);
-
 #endif
 
 extern PyTypeObject FramePortType;
@@ -93,5 +85,19 @@ extern PyMethodDef ss_tcpguard_methods[];
 /* A REGISTER succeeded or an INVITE was admitted over tp: its connection no longer counts
  * against its source's limits. Any transport may be passed (UDP and unwatched ones are ignored). */
 void ss_tcpguard_trusted(pjsip_transport *tp);
+
+/* ---- answers to malformed and oversized requests (malformed.c) ------------------------------- */
+
+/* Registers the dropped-data handler that answers requests pjsip drops (400, 416, 501, 505, 513). */
+int ss_malformed_install(void);
+void ss_malformed_on_drop(pjsip_tp_dropped_data *dd);
+/* For an initial request pjsip parsed: the code it must be refused with (400, 406, 420, 501, 513),
+ * with the problem in *reason, and with `answer` set, that answer sent; 0 when it may go on. */
+int ss_validate_request(pjsip_rx_data *rdata, const char **reason, int answer);
+/* Defined by the registrar: WWW-Authenticate lines (each CRLF-ended) for a REGISTER from src_ip
+ * that pjsip could not parse; returns the bytes written (0 when none fit or no registrar). */
+size_t ss_registrar_challenge_lines(const char *src_ip, char *buf, size_t size);
+/* Adds the answers sent so far, "edge_answer_<code>": n, to a stats dict. */
+void ss_malformed_stats(PyObject *stats);
 
 #endif

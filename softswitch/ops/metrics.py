@@ -30,6 +30,8 @@ REGISTRAR_COUNTERS = ("register", "register_ok", "challenges", "auth_failures", 
 SECURITY_DECISIONS = ("blocked_auth_failures", "blocked_flood", "dropped_blocked_source", "dropped_user_agent",
                       "trunk_auth_failure", "trunk_not_blocked", "trunk_over_flood_rate", "trunk_options_dropped",
                       "trunk_requests_dropped")
+# Answers the native edge sent to malformed or oversized requests, by code (native/malformed.c).
+EDGE_ANSWER_PREFIX = "edge_answer_"
 MAX_REASON_LABELS = 64  # hang-up reasons come from code and SIP codes; a cap guards against surprises
 OTHER = "other"
 
@@ -253,7 +255,8 @@ class Metrics:
             executions_active=len({id(a.execution) for a in runner.running.values()}) if runner is not None else 0,
             errors=self.errors.counts() if self.errors is not None else {},
             sip_responses=responses,
-            registrar={k: int(native[k]) for k in REGISTRAR_COUNTERS if k in native},
+            registrar={k: int(native[k]) for k in native
+                       if k in REGISTRAR_COUNTERS or k.startswith(EDGE_ANSWER_PREFIX)},
             overload=overload,
             cpu_percent=overload.cpu_percent if overload.cpu_percent is not None else self._cpu(process.cpu_seconds),
             loop_lag=LoopLag(tuple(stats.BUCKETS_MS), tuple(stats.bucket_counts), stats.lag_sum, stats.turns,

@@ -1554,6 +1554,9 @@ class FuzzDriver:
                 self._sel.register(sock, selectors.EVENT_READ, ep)
             close_mid = rng.random() < 0.3
             in_this = min(per_conn, count - n)
+            # Where the cut falls: anywhere in the connection, not only at its last message, since the
+            # server closes a connection itself after a request over the size limit (513).
+            close_at = rng.randrange(in_this) if close_mid else -1
             for k in range(in_this):
                 if self._dead.is_set():
                     break
@@ -1563,12 +1566,12 @@ class FuzzDriver:
                 if not self._record(sent):
                     continue
                 data = sent.msg.data
-                last = k == in_this - 1
                 try:
-                    if last and close_mid:
+                    if k == close_at:
                         ep.send(data[:rng.randrange(1, len(data))], self.server)
                         with self._lock:
                             self.report.tcp_closed_mid_message += 1
+                        break
                     elif rng.random() < 0.25:
                         cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randrange(1, 4))))
                         pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
