@@ -112,11 +112,13 @@ static PyObject *conf_listeners(PyObject *self, PyObject *arg) {
     return list;
 }
 
-/* player_seamless_loop(slot): a looping WAV player whose end-of-file callback is set returns one
- * empty frame at every wrap-around (pjmedia's file_get_frame). pjsua2 always sets that callback,
- * so a looped tone or hold music had a 20 ms hole per loop. A player that loops forever needs no
- * end-of-file: clearing the callback makes pjmedia rewind within the same frame. */
-static PyObject *player_seamless_loop(PyObject *self, PyObject *arg) {
+/* player_clear_eof(slot): take a file player's end-of-file callback away. A looping WAV player
+ * whose end-of-file callback is set returns one empty frame at every wrap-around (pjmedia's
+ * file_get_frame). pjsua2 always sets that callback, so a looped tone or hold music had a 20 ms
+ * hole per loop. A player that loops forever needs no end-of-file: clearing the callback makes
+ * pjmedia rewind within the same frame. A player being closed uses it too, so that pjmedia's
+ * event thread no longer calls it back. */
+static PyObject *player_clear_eof(PyObject *self, PyObject *arg) {
     int slot = (int)PyLong_AsLong(arg);
     if (PyErr_Occurred()) return NULL;
     if (ss_require_pj_thread()) return NULL;
@@ -181,7 +183,7 @@ static PyMethodDef methods[] = {
     {"conf_max_ports", conf_max_ports, METH_NOARGS, "Bridge capacity in ports."},
     {"conf_active_ports", conf_active_ports, METH_NOARGS, "Ports currently on the bridge."},
     {"conf_listeners", conf_listeners, METH_O, "Slots that receive audio from this slot."},
-    {"player_seamless_loop", player_seamless_loop, METH_O, "player_seamless_loop(slot): a looping file player rewinds without an empty frame (no end-of-file callback)."},
+    {"player_clear_eof", player_clear_eof, METH_O, "player_clear_eof(slot): clear a file player's end-of-file callback (a loop rewinds without an empty frame; a closing player is no longer called back)."},
     {"rtp_cursor_enter", rtp_cursor_enter, METH_O, "rtp_cursor_enter(acc_id): the account's next RTP port continues from the shared outbound cursor."},
     {"rtp_cursor_leave", rtp_cursor_leave, METH_O, "rtp_cursor_leave(acc_id) -> port: remember where the account's cursor is now."},
     {"transfer_install", ss_transfer_install, METH_O, "transfer_install(handler or None): take in-dialog REFERs before pjsua; handler(handle, call_id, refer_to, referred_by) -> SIP code (2xx accepts: 202 and NOTIFY 100)."},

@@ -184,6 +184,35 @@ def test_split_recording_of_a_trunk_call_holds_the_caller_on_channel_1_and_our_p
         assert "durationMs" not in responded
 
 
+def test_a_16khz_split_recording_keeps_the_call_length_and_both_channels_to_the_end(ua, tmp_path):
+    """recordWavSampleRate 16000: the bridge's 8 kHz frames are resampled as they stream (soxr);
+    the tail the resampler holds back is flushed at the end, and channel 2 stays channel 2."""
+    prompt = make_tone_wav(tmp_path / "tone1k.wav", 1000, 15.0)
+    flow = (RECORDED_CALL_FLOW.replace("TONE", str(prompt)).replace("WAIT", "true").replace("SUBDIR", tmp_path.name)
+            .replace("recordSplitChannels: true", "recordSplitChannels: true\n      recordWavSampleRate: 16000"))
+    with FlowOnUa(ua, flow) as run:
+        with call_once(ua, tmp_path) as caller:
+            result = caller.wait(30)
+        assert result.ok, str(result)
+        wait_for(lambda: not ua.run_sync(lambda: dict(run.engine.recordings.by_leg)), 5, "the recording to end")
+        wait_for(lambda: run.latest("recorded") is not None, 5, "respond.toRecord's Result")
+        responded = run.latest("recorded")
+
+    [path] = list((ua.config.directories.recordings / tmp_path.name).glob("*.wav"))
+    info = sf.info(path)
+    assert (info.samplerate, info.channels, info.subtype) == (16000, 2, "PCM_16")
+    audio, rate = sf.read(path, dtype="int16")
+    seconds = len(audio) / rate
+    assert abs(seconds - CALL_S) < 1.0, f"recorded {seconds:.2f} s of a {CALL_S} s call"
+    assert responded["durationMs"] == round(seconds * 1000)
+    # The file holds whole 20 ms bridge frames, resampled: nothing held back by the resampler is lost.
+    assert len(audio) % (rate // 50) == 0, f"{len(audio)} samples is not a whole number of 20 ms frames"
+    tail = audio[-int(0.7 * rate):-int(0.2 * rate)]
+    assert abs(dominant_frequency(tail[:, 0], rate) - 440) < 5, "channel 1 is the caller, to the end"
+    assert abs(dominant_frequency(tail[:, 1], rate) - 1000) < 5, "channel 2 is the prompt, to the end"
+    assert band_share(tail[:, 0], rate, 1000) < 0.05 and band_share(tail[:, 1], rate, 440) < 0.05
+
+
 def test_pause_removes_the_paused_time_and_the_mono_mix_holds_both_directions(ua, tmp_path):
     prompt = make_tone_wav(tmp_path / "tone1k.wav", 1000, 15.0)
     with FlowOnUa(ua, PAUSED_CALL_FLOW.replace("TONE", str(prompt)).replace("SUBDIR", tmp_path.name)) as run:

@@ -47,11 +47,6 @@ class AiSpeechStarted(LegEvent):
     """The provider heard the caller start to speak (counts as voice for playbacks, §5.2)."""
 
 
-@dataclass(frozen=True)
-class AiToolCall(LegEvent):
-    call: ToolCallRequested
-
-
 class AiLeg(LegBase):
     """One WebSocket leg (UA thread only, except the session it owns)."""
 
@@ -258,12 +253,6 @@ class AiLeg(LegBase):
         self._playout_samples = 0
         self._partial = 0
         self.port.clear_tx()
-
-    @property
-    def playout_ms(self) -> float:
-        """AI audio not yet heard: the Python buffer plus the port's queue."""
-        return (self._playout_samples + self.port.tx_queued * self.port.samples_per_frame) * 1000.0 / \
-            self.port.clock_rate
 
 
 class AiLegs:

@@ -136,5 +136,3 @@ class Flow:
         attach = self.node(node) if isinstance(node, str) else node
         return tuple(self.node(name) for name in attach.tools)
 
-    def nodes_of(self, op: str) -> tuple[Node, ...]:
-        return tuple(n for n in self.nodes if n.op == op)

@@ -219,10 +219,6 @@ class Bridge:
     def mirrors_of(self, slot: int) -> frozenset[int]:
         return frozenset(self._mirrors.get(slot, ()))
 
-    def sources_of(self, slot: int) -> frozenset[int]:
-        """The slots connected into `slot` through this table that are still connected."""
-        return frozenset(self._live_sources(slot))
-
     def _live_sources(self, dst: int) -> dict[int, float]:
         sources = self._sources.get(dst)
         if not sources:
@@ -318,13 +314,8 @@ def active_ports() -> int:
     return native.conf_active_ports()
 
 
-def build_limits() -> dict:
-    """The limits compiled into the pjproject build (calls, players, recorders, bridge ports)."""
-    return native.limits()
-
-
 def clear_end_of_file(player_slot: int) -> None:
     """Take a file player's end-of-file callback away, events already queued included. A looping
     player then rewinds without the empty frame pjmedia inserts at each wrap; a closing player
     is no longer called back from pjmedia's event thread."""
-    native.player_seamless_loop(player_slot)
+    native.player_clear_eof(player_slot)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pjsua2 as pj
+import soxr
 
 from . import bridge
 from .frameport import FramePort
@@ -83,12 +84,19 @@ class RecordingMixer:
         self._carry_in = _EMPTY
         self._carry_out = _EMPTY
         rate = rate or bridge_rate
-        self._resampler = None if rate == bridge_rate else _LinearResampler(bridge_rate, rate)
+        # soxr (libsoxr, maintained, band-limited) rather than interpolation of our own. Its
+        # stream holds some output back (a few ms to ~160 ms): fine for a file, flushed on the
+        # final push; the AI path keeps its low-latency FIR (ai/resample.py) for that reason.
+        self._resampler = None if rate == bridge_rate else soxr.ResampleStream(
+            bridge_rate, rate, channels, dtype="int16", quality="HQ")
 
     def push(self, inbound: np.ndarray, outbound: np.ndarray, *, final: bool = False) -> None:
-        """Frames drained from the taps (any lengths); `final` flushes everything, padded."""
+        """Frames drained from the taps (any lengths); `final` flushes everything, padded, and
+        the resampler's held-back tail with it (no push may follow a final one)."""
         if self.paused:
             self.discard()
+            if final:
+                self._write_resampled(_EMPTY if self.channels == 1 else _EMPTY.reshape(0, 2), final=True)
             return
         if len(self._carry_in):
             inbound = np.concatenate((self._carry_in, inbound))
@@ -103,10 +111,14 @@ class RecordingMixer:
         self._carry_in = inbound[n:].copy()
         self._carry_out = outbound[n:].copy()
         if n:
-            samples = mix_frames(inbound[:n], outbound[:n], self.channels)
-            if self._resampler is not None:
-                samples = self._resampler.run(samples)
             self.frames_written += n
+        if n or final:
+            self._write_resampled(mix_frames(inbound[:n], outbound[:n], self.channels), final=final)
+
+    def _write_resampled(self, samples: np.ndarray, *, final: bool) -> None:
+        if self._resampler is not None:
+            samples = self._resampler.resample_chunk(samples, last=final)
+        if len(samples):
             self._write_out(samples)
 
     def discard(self) -> None:
@@ -352,38 +364,6 @@ def _pad(samples: np.ndarray, n: int) -> np.ndarray:
     if len(samples) >= n:
         return samples
     return np.concatenate((samples, np.zeros(n - len(samples), dtype=np.int16)))
-
-
-class _LinearResampler:
-    """Streaming linear interpolation from the bridge rate to the file's rate (mono or stereo);
-    the last input sample is carried so batches join without clicks."""
-
-    def __init__(self, src_rate: int, dst_rate: int) -> None:
-        self.step = src_rate / dst_rate
-        self.pos = 0.0  # where the next output sample falls, in input samples from `prev`
-        self.prev: np.ndarray | None = None
-
-    def run(self, samples: np.ndarray) -> np.ndarray:
-        if len(samples) == 0:
-            return samples
-        x = samples.astype(np.float64)
-        if self.prev is not None:
-            x = np.concatenate((self.prev[None, ...], x))
-        last = len(x) - 1
-        if last <= self.pos:
-            self.prev = x[-1]
-            self.pos -= last
-            return samples[:0]
-        count = int(np.ceil((last - self.pos) / self.step))
-        t = self.pos + self.step * np.arange(count)
-        i = t.astype(np.int64)
-        frac = t - i
-        if x.ndim == 2:
-            frac = frac[:, None]
-        y = x[i] * (1.0 - frac) + x[i + 1] * frac
-        self.pos = t[-1] + self.step - last
-        self.prev = x[-1]
-        return np.clip(np.round(y), -32768, 32767).astype(np.int16)
 
 
 def repair_recordings(directory: Path) -> list[Path]:

@@ -365,9 +365,6 @@ class QueueEngine:
         return sorted((e for e in self._entries.values() if e.scope == scope and e.ref == ref and not e.ended),
                       key=_order)
 
-    def entry_for_leg(self, leg_id: str) -> QueueEntry | None:
-        return self._by_leg.get(leg_id)
-
     def close(self) -> None:
         """Stop timers and close the database. Entries stay stored as they are: a restart
         recovers them (see `recover`)."""

@@ -56,9 +56,6 @@ class Extensions:
     def free(self, extension: str) -> bool:
         return bool(self.endpoints(extension, only_free=True))
 
-    def in_call(self, extension: str) -> bool:
-        return any(self._busy.get(extension, {}).values())
-
     # ---- calls ------------------------------------------------------------------------------
     def track_leg(self, leg: "Leg", extension: str, binding: Binding | None = None) -> None:
         """Count `leg` as a live call of `extension` (of one endpoint when `binding` is known,
