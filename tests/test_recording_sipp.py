@@ -189,7 +189,8 @@ def test_a_16khz_split_recording_keeps_the_call_length_and_both_channels_to_the_
     the tail the resampler holds back is flushed at the end, and channel 2 stays channel 2."""
     prompt = make_tone_wav(tmp_path / "tone1k.wav", 1000, 15.0)
     flow = (RECORDED_CALL_FLOW.replace("TONE", str(prompt)).replace("WAIT", "true").replace("SUBDIR", tmp_path.name)
-            .replace("recordSplitChannels: true", "recordSplitChannels: true\n      options: {recordWavSampleRate: 16000}"))
+            .replace("recordSplitChannels: true",
+                     "recordSplitChannels: true\n      options: {recordWavSampleRate: 16000}"))
     with FlowOnUa(ua, flow) as run:
         with call_once(ua, tmp_path) as caller:
             result = caller.wait(30)
