@@ -4,6 +4,8 @@
  * sends each request to the right concern. */
 #include "registrar_internal.h"
 
+/* ---- which trunk or extension an INVITE belongs to ------------------------------------- */
+
 /* The `tk` parameter of the Request-URI: the route token of one of our registrations. */
 static int ruri_token(pjsip_rx_data *rdata, char *out, size_t len) {
     pjsip_uri *ruri = rdata->msg_info.msg->line.req.uri;
@@ -167,6 +169,8 @@ pj_status_t ss_reg_count_on_tx_response(pjsip_tx_data *tdata) {
     if (r && code > 0 && code < 700) __atomic_fetch_add(&r->responses_sent[code], 1, __ATOMIC_RELAXED);
     return PJ_SUCCESS;
 }
+
+/* ---- the INVITE gate, and the module's entry point --------------------------------------- */
 
 static pj_bool_t handle_invite(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t *src, int trunk_address) {
     const trunk_t *t = match_trunk(r, rdata);

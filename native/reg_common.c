@@ -131,6 +131,8 @@ void ss_reg_free_users(RegistrarObject *r) {
     }
 }
 
+/* ---- stateless responses, and the cache that answers their retransmissions --------------- */
+
 /* The retransmission cache: the last response sent for a request (source, Via branch, CSeq),
  * so a retransmitted request gets the very same answer (same nonce) without being processed
  * again, as a transaction would give it, at a fraction of a transaction's memory. */

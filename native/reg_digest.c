@@ -1,7 +1,7 @@
 /* Digest authentication: stateless nonces bound to the source address, the nc replay guard,
  * the WWW-/Proxy-Authenticate challenges (also for the malformed-REGISTER path in malformed.c)
- * and verifying an Authorization header against the user table. Kept apart because it is the
- * only code that handles secrets (HA1s, the nonce key). */
+ * and verifying an Authorization header against the user table. Kept apart so that the rules a
+ * credential must meet, and the nonce key's uses, can be read in one place. */
 #include "registrar_internal.h"
 
 /* ---- nonces: stateless, "<ts hex>.<hmac hex>", bound to the source address ------------------- */
@@ -61,7 +61,7 @@ static int nc_fresh(RegistrarObject *r, const pj_str_t *nonce, unsigned long nc,
     return nc == s->max_nc && branch == s->last_branch;
 }
 
-/* ---- responses --------------------------------------------------------------------------- */
+/* ---- challenges ------------------------------------------------------------------------- */
 
 void ss_reg_add_challenges(RegistrarObject *r, pjsip_tx_data *tdata, pjsip_rx_data *rdata, int proxy, int stale) {
     char nonce[80];

@@ -114,6 +114,8 @@ void ss_reg_auth_failed(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t 
     ss_reg_security_event(r, at_limit ? "trunk_auth_failure_limit" : "trunk_auth_failure", rdata, detail);
 }
 
+/* ---- trunk addresses: never blocked, limited instead ------------------------------------ */
+
 /* Whether `ip` is a trunk's: a fixed trunk's address (any source port: forging the port is as easy
  * as forging the address, and the throttling is per address), or where a dynamic trunk holds a
  * live registration. */

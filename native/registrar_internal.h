@@ -260,7 +260,8 @@ int ss_reg_source_blocked(RegistrarObject *r, source_slot_t *s);
 int ss_reg_source_admit(RegistrarObject *r, source_slot_t *s);
 int ss_reg_trunk_log_due(pj_uint64_t *logged);
 int ss_reg_bucket_take(token_bucket_t *b, double rate, double burst);
-void ss_reg_auth_failed(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t *s, int trunk_address, const char *what);
+void ss_reg_auth_failed(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t *s, int trunk_address,
+                        const char *what);
 int ss_reg_is_trunk_address(RegistrarObject *r, const char *ip);
 int ss_reg_trunk_limit_admits(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t *s, trunk_limit_t which);
 
@@ -269,7 +270,8 @@ aor_t *ss_reg_find_aor(RegistrarObject *r, const char *username, int create, use
 void ss_reg_binding_free(binding_t *b);
 PyObject *ss_reg_binding_dict(aor_t *a, binding_t *b);
 void ss_reg_remove_binding(RegistrarObject *r, aor_t *a, int i, const char *why);
-void ss_reg_handle_register(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t *src, int trunk_address, auth_result_t ar, user_t *u);
+void ss_reg_handle_register(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t *src, int trunk_address,
+                            auth_result_t ar, user_t *u);
 
 /* reg_keepalive.c (keep-alive glue) */
 void ss_reg_keepalive_dict_fields(PyObject *d, const binding_t *b);
