@@ -1,8 +1,8 @@
 /* Keep-alives to registered bindings: what keeps a phone behind NAT reachable.
  *
  * A NAT forgets a UDP mapping after 30 s to a few minutes of silence, and then INVITEs to the
- * phone's source address are lost. The registrar's sweep (registrar.c, driven from the UA loop)
- * asks this file to send, per binding:
+ * phone's source address are lost. The registrar's sweep (Registrar.keepalive in reg_python.c,
+ * with reg_keepalive.c; driven from the UA loop) asks this file to send, per binding:
  *   - OPTIONS: a request through our own transaction user, to the binding's source address over
  *     its transport (UDP from the SIP port, TCP/TLS over the phone's own connection). Any final
  *     response from the phone proves the path works; a transport error, or no answer within the

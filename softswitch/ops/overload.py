@@ -1,7 +1,7 @@
 """Overload control, the measuring half: process CPU and UA-loop lag, turned into one
 "overloaded" flag with hysteresis so the gate does not flap.
 
-The refusing half is native (`native/registrar.c`): while the flag is set, and whenever live
+The refusing half is native (`native/reg_admission.c`): while the flag is set, and whenever live
 inbound calls or the new-call rate are at their limits, a new INVITE the gate would admit is
 answered 503 with Retry-After, before pjsua creates a call. Everything here runs on the UA
 thread; the clock and the samplers are parameters, so tests drive it with injected samples.

@@ -1,7 +1,7 @@
 """The registrar and the SIP edge's gate, seen from Python.
 
 The hot path (REGISTER digest auth and bindings, INVITE admission, throttling) is native code
-in `native/registrar.c`, a pjsip module at priority 63. This module configures it from the
+in `native/reg_*.c`, a pjsip module at priority 63. This module configures it from the
 config, drains its events on the UA loop into typed events, logs every refusal as a security
 event, and answers questions the rest of softswitch asks: where is extension 1001 registered,
 and which trunk or extension did this INVITE come from.

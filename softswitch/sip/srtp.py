@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 DISABLED, OPTIONAL, MANDATORY = "disabled", "optional", "mandatory"
 _PJ_USE = {DISABLED: pj.PJMEDIA_SRTP_DISABLED, OPTIONAL: pj.PJMEDIA_SRTP_OPTIONAL,
            MANDATORY: pj.PJMEDIA_SRTP_MANDATORY}
-# The native gate's codes (native/registrar.c srtp_use_t): 0 leaves the offer alone.
+# The native gate's codes (native/registrar_internal.h srtp_use_t): 0 leaves the offer alone.
 GATE_UNTOUCHED = 0
 _GATE_USE = {DISABLED: 1, OPTIONAL: 2, MANDATORY: 3}
 

@@ -961,7 +961,7 @@ def _register_not_utf8(data: bytes) -> bool:
     return False
 
 
-# Shapes that once crashed or broke the server, fixed in native/registrar.c and now sent in bulk
+# Shapes that once crashed or broke the server, fixed in native/reg_*.c and now sent in bulk
 # like any other message; their reproducers in tests/test_fuzz_sipp.py stay as regression tests.
 FIXED_FAILURES: dict[str, Callable[[bytes], bool]] = {
     "ip4_connection_with_ipv6_literal": _ip4_connection_with_ipv6_literal,
