@@ -38,6 +38,7 @@ SECURITY_DECISIONS = ("blocked_auth_failures", "blocked_flood", "dropped_blocked
                       "trunk_requests_dropped")
 # Answers the native edge sent to malformed or oversized requests, by code (native/malformed.c).
 EDGE_ANSWER_PREFIX = "edge_answer_"
+LEG_LABELS = ("direction", "transport")  # of the leg families, in LegKey order
 MAX_REASON_LABELS = 64  # hang-up reasons come from code and SIP codes; a cap guards against surprises
 OTHER = "other"
 
@@ -364,15 +365,13 @@ def _labelled(family: type[CounterMetricFamily] | type[GaugeMetricFamily], name:
 
 def cumulative_buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
     """Per-bucket counts (the last above every bound) as cumulative `le` buckets ending in +Inf."""
-    buckets, running = [], 0
+    buckets: list[tuple[str, float]] = []
+    running = 0
     for bound, n in zip(bounds, counts):
         running += n
         buckets.append((floatToGoString(bound), running))
     buckets.append(("+Inf", running + sum(counts[len(bounds):])))
     return buckets
-
-
-LEG_LABELS = ("direction", "transport")
 
 
 def _snapshot_families(snap: MetricsSnapshot) -> Iterator[Metric]:
