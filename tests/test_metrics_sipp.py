@@ -14,6 +14,7 @@ import pytest
 from tests.support.actors import uac_call
 from tests.support.callcentre import agent, pcap_of
 from tests.support.ports import free_port
+from tests.support.server import sample_key
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.sipp
@@ -59,8 +60,7 @@ nodes:
 
 
 def labelled(samples: dict[str, float], name: str, **labels: str) -> float:
-    inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    return samples.get(f"{name}{{{inner}}}" if labels else name, 0.0)
+    return samples.get(sample_key(name, labels), 0.0)
 
 
 def family_total(samples: dict[str, float], name: str) -> float:

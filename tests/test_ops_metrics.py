@@ -14,11 +14,13 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from softswitch.ops import metrics as m
 from softswitch.ops.http import LoopHeartbeat, OpsHttpServer, SnapshotSource
 from softswitch.sip.endpoint import LoopStats
 from softswitch.sip.events import LegAnswered, LegEnded, LegRinging
+from tests.support.server import sample_key
 from tests.test_queue_engine import SCOPE, World
 
 
@@ -56,9 +58,23 @@ def snapshot(**changes) -> m.MetricsSnapshot:
     return replace(m.Metrics(fake_ua()).collect(), **changes)
 
 
-def samples(text: str) -> dict[str, float]:
-    return {line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
-            for line in text.splitlines() if line and not line.startswith("#")}
+def samples(text: str | bytes) -> dict[str, float]:
+    """{'name{label="v",...}': value} of an exposition, parsed; labels in name order."""
+    text = text.decode() if isinstance(text, bytes) else text  # rendered bytes, or a body read over HTTP
+    return {sample_key(s.name, s.labels): s.value for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def full_snapshot() -> m.MetricsSnapshot:
+    """A snapshot in which every optional family is present."""
+    return snapshot(
+        legs_created={("inbound", "sip"): 2}, legs_ended={("inbound", "sip"): 1}, legs_answered={("inbound", "sip"): 1},
+        hangups={"remote_hangup": 1}, legs_active={("inbound", "sip"): 1},
+        trunks=(m.TrunkGauge("provider", True, True, 200, "OK"), m.TrunkGauge("peer", False, False, 0, "")),
+        queues=(m.QueueGauge("demo", "queue_support", 3, 1, 42.5, 4, 10.0, {"size": 4}),),
+        recordings_finished=3, recording_health={"failing": False}, errors={"softswitch.flow": 1},
+        sip_responses={("sent", 200): 1}, registrar={"register": 1}, security={"blocked_flood": 1},
+        connections=m.ConnectionGauge(tcp=1, closed={"connection_limit": 1}),
+        overload=m.OverloadGauge(False, None, 10.0, 1.0, {"concurrent": 1}))
 
 
 # ---- counting -------------------------------------------------------------------------------------
@@ -142,7 +158,7 @@ def test_queue_gauges_count_live_callers_callbacks_the_longest_wait_and_complete
 
 # ---- Prometheus text ------------------------------------------------------------------------------
 def test_every_family_has_help_and_type_before_its_samples_and_names_are_softswitch():
-    text = m.render_prometheus(snapshot(), stale=False)
+    text = m.render_prometheus(snapshot(), stale=False).decode()
     declared: dict[str, str] = {}
     for line in text.splitlines():
         if line.startswith("# HELP "):
@@ -158,6 +174,75 @@ def test_every_family_has_help_and_type_before_its_samples_and_names_are_softswi
             assert name == family or declared[family] in ("histogram", "summary"), line
     assert declared["softswitch_legs_created_total"] == "counter" and declared["softswitch_loop_lag_seconds"] == "histogram"
     assert text.endswith("\n")
+
+
+# What dashboards read: every family's exposed name (counters with _total), type, sample names and label
+# names, as the hand-written writer exposed them before prometheus_client wrote the text.
+FAMILIES = [
+    ("softswitch_metrics_stale", "gauge", {"": ()}),
+    ("softswitch_info", "gauge", {"": ("version",)}),
+    ("softswitch_uptime_seconds", "gauge", {"": ()}),
+    ("softswitch_legs_created_total", "counter", {"": ("direction", "transport")}),
+    ("softswitch_legs_ended_total", "counter", {"": ("direction", "transport")}),
+    ("softswitch_legs_answered_total", "counter", {"": ("direction", "transport")}),
+    ("softswitch_leg_hangups_total", "counter", {"": ("reason",)}),
+    ("softswitch_legs_active", "gauge", {"": ("direction", "transport")}),
+    ("softswitch_inbound_calls_active", "gauge", {"": ()}),
+    ("softswitch_ai_legs_active", "gauge", {"": ()}),
+    ("softswitch_registrations", "gauge", {"": ()}),
+    ("softswitch_registered_extensions", "gauge", {"": ()}),
+    ("softswitch_trunk_registered", "gauge", {"": ("connection",)}),
+    ("softswitch_queue_size", "gauge", {"": ("flow", "queue")}),
+    ("softswitch_queue_waiting", "gauge", {"": ("flow", "queue")}),
+    ("softswitch_queue_callbacks_pending", "gauge", {"": ("flow", "queue")}),
+    ("softswitch_queue_longest_wait_seconds", "gauge", {"": ("flow", "queue")}),
+    ("softswitch_queue_wait_seconds", "summary", {"_count": ("flow", "queue"), "_sum": ("flow", "queue")}),
+    ("softswitch_recordings_active", "gauge", {"": ()}),
+    ("softswitch_recordings_finished_total", "counter", {"": ()}),
+    ("softswitch_recording_failures_total", "counter", {"": ()}),
+    ("softswitch_recordings_failing", "gauge", {"": ()}),
+    ("softswitch_flow_executions_active", "gauge", {"": ()}),
+    ("softswitch_errors_total", "counter", {"": ("logger",)}),
+    ("softswitch_sip_responses_total", "counter", {"": ("code", "direction")}),
+    ("softswitch_registrar_events_total", "counter", {"": ("event",)}),
+    ("softswitch_security_decisions_total", "counter", {"": ("decision",)}),
+    ("softswitch_sip_connections_open", "gauge", {"": ("transport",)}),
+    ("softswitch_sip_connections_trusted", "gauge", {"": ()}),
+    ("softswitch_sip_connections_pending", "gauge", {"": ()}),
+    ("softswitch_sip_connections_accepted_total", "counter", {"": ()}),
+    ("softswitch_sip_connections_closed_total", "counter", {"": ("reason",)}),
+    ("softswitch_overload_refusals_total", "counter", {"": ("reason",)}),
+    ("softswitch_overloaded", "gauge", {"": ()}),
+    ("softswitch_cpu_percent", "gauge", {"": ()}),
+    ("softswitch_loop_lag_seconds", "histogram", {"_bucket": ("le",), "_count": (), "_sum": ()}),
+    ("softswitch_loop_lag_recent_max_seconds", "gauge", {"": ()}),
+    ("softswitch_process_cpu_seconds_total", "counter", {"": ()}),
+    ("softswitch_process_resident_memory_bytes", "gauge", {"": ()}),
+    ("softswitch_process_open_fds", "gauge", {"": ()}),
+]
+LOOP_LAG_BOUNDS = ["0.001", "0.002", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "+Inf"]
+
+
+def test_every_family_keeps_its_name_type_and_label_names():
+    text = m.render_prometheus(full_snapshot(), stale=False).decode()
+    declared = [(line.split()[2], line.split()[3]) for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert declared == [(name, kind) for name, kind, _ in FAMILIES]
+    got = {}
+    for fam in text_string_to_metric_families(text):
+        exposed = fam.name + "_total" if fam.type == "counter" else fam.name
+        for s in fam.samples:
+            got.setdefault(exposed, {})[s.name[len(exposed):]] = tuple(sorted(s.labels))
+    assert got == {name: suffixes for name, _, suffixes in FAMILIES}
+    lag = [s for fam in text_string_to_metric_families(text) if fam.name == "softswitch_loop_lag_seconds"
+           for s in fam.samples if s.name.endswith("_bucket")]
+    assert [s.labels["le"] for s in lag] == LOOP_LAG_BOUNDS  # seconds, as dashboards select them
+
+
+def test_without_a_snapshot_only_staleness_and_the_process_are_exposed():
+    got = samples(m.render_prometheus(None, stale=True))
+    assert got.keys() == {"softswitch_metrics_stale", "softswitch_process_cpu_seconds_total",
+                          "softswitch_process_resident_memory_bytes", "softswitch_process_open_fds"}
+    assert got["softswitch_metrics_stale"] == 1 and got["softswitch_process_open_fds"] > 0
 
 
 def test_the_tcp_guard_figures_are_gauges_and_counters_by_reason_and_in_status():
@@ -177,32 +262,21 @@ def test_the_tcp_guard_figures_are_gauges_and_counters_by_reason_and_in_status()
                    "closed": {"connection_limit": 26, "request_timeout": 2, "silent_timeout": 0}}
 
 
-def test_label_values_and_help_text_are_escaped():
-    fam = m._Family("softswitch_x_total", "counter", 'back\\slash and\nnewline').add(1, {"logger": 'a"b\\c\nd'})
-    text = m.render_families([fam])
-    assert text.splitlines() == [
-        "# HELP softswitch_x_total back\\\\slash and\\nnewline",
-        "# TYPE softswitch_x_total counter",
-        'softswitch_x_total{logger="a\\"b\\\\c\\nd"} 1',
-    ]
-    snap = snapshot(errors={'soft"switch\\x\ny': 2})
-    assert 'softswitch_errors_total{logger="soft\\"switch\\\\x\\ny"} 2' in m.render_prometheus(snap, stale=False)
+def test_label_values_are_escaped_so_the_exposition_parses_back_to_them():
+    logger = 'soft"switch\\x\ny'  # a logger name with a quote, a backslash and a newline
+    text = m.render_prometheus(snapshot(errors={logger: 2}), stale=False).decode()
+    (errors,) = [fam for fam in text_string_to_metric_families(text) if fam.name == "softswitch_errors"]
+    assert [(s.labels, s.value) for s in errors.samples] == [({"logger": logger}, 2)]
 
 
 def test_histogram_buckets_are_cumulative_and_end_with_inf_equal_to_count():
-    fam = m.histogram(m._Family("softswitch_h_seconds", "histogram", "h"), [0.001, 0.01], [3, 0, 2], 1.5)
-    assert m.render_families([fam]).splitlines()[2:] == [
-        'softswitch_h_seconds_bucket{le="0.001"} 3',
-        'softswitch_h_seconds_bucket{le="0.01"} 3',
-        'softswitch_h_seconds_bucket{le="+Inf"} 5',
-        "softswitch_h_seconds_sum 1.5",
-        "softswitch_h_seconds_count 5",
-    ]
     lag = m.LoopLag((1, 10), (4, 1, 2), 0.75, 7, 0.5)
     got = samples(m.render_prometheus(snapshot(loop_lag=lag), stale=False))
     assert got['softswitch_loop_lag_seconds_bucket{le="0.001"}'] == 4
     assert got['softswitch_loop_lag_seconds_bucket{le="0.01"}'] == 5
     assert got['softswitch_loop_lag_seconds_bucket{le="+Inf"}'] == 7 == got["softswitch_loop_lag_seconds_count"]
+    assert got["softswitch_loop_lag_seconds_sum"] == 0.75
+    assert not any(k.startswith("softswitch_loop_lag_seconds_created") for k in got)
 
 
 def test_queue_and_sip_response_samples_carry_their_labels():
@@ -215,7 +289,7 @@ def test_queue_and_sip_response_samples_carry_their_labels():
     assert got["softswitch_queue_longest_wait_seconds" + labels] == 42.5
     assert got["softswitch_queue_wait_seconds_sum" + labels] == 40.0
     assert got["softswitch_queue_wait_seconds_count" + labels] == 4
-    assert got['softswitch_sip_responses_total{direction="sent",code="401"}'] == 1
+    assert got['softswitch_sip_responses_total{code="401",direction="sent"}'] == 1
 
 
 def test_the_edges_security_decisions_are_one_family_labelled_by_decision():

@@ -13,6 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
 
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
 from .metrics import MetricsSnapshot, queues_document, read_process, render_prometheus, status_document
 
 if TYPE_CHECKING:
@@ -23,7 +25,6 @@ log = logging.getLogger("softswitch.http")
 
 UA_TIMEOUT_S = 2.0  # how long a request waits for the UA thread before serving the last snapshot
 HEALTH_WINDOW_S = 2.0  # /healthz: the UA loop must turn within this
-PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SETTING = "metrics.http_listen"
 
 
@@ -159,7 +160,8 @@ class OpsHttpServer:
     def _metrics(self) -> tuple[int, str, bytes, dict[str, str]]:
         snap, stale = self.source.get()
         process = read_process() if stale else None
-        return 200, PROMETHEUS_TYPE, render_prometheus(snap, stale=stale, process=process).encode(), {}
+        # generate_latest writes text format 0.0.4; prometheus_client's own server labels it this way too.
+        return 200, CONTENT_TYPE_PLAIN_0_0_4, render_prometheus(snap, stale=stale, process=process), {}
 
     def _status(self) -> tuple[int, str, bytes, dict[str, str]]:
         snap, stale = self.source.get()

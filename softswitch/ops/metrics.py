@@ -1,17 +1,23 @@
 """What an operator watches: counters kept by a `LegWatcher` on the UA thread, and gauges read
 from the live objects in one pass (`Metrics.collect`, on the UA thread) into a typed snapshot
-that the HTTP thread renders as Prometheus text (format 0.0.4) or as status JSON.
+that the HTTP thread renders as status JSON, or as Prometheus text through a prometheus_client
+custom collector (`SnapshotCollector`) on a registry of its own.
 
 Labels stay bounded (directions, transports, hang-up reasons, queue refs, SIP codes, logger
 names): never a call or leg id, so a busy day does not grow the scrape."""
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric,
+                                            SummaryMetricFamily)
+from prometheus_client.registry import CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 from .. import __version__
 
@@ -32,6 +38,7 @@ SECURITY_DECISIONS = ("blocked_auth_failures", "blocked_flood", "dropped_blocked
                       "trunk_requests_dropped")
 # Answers the native edge sent to malformed or oversized requests, by code (native/malformed.c).
 EDGE_ANSWER_PREFIX = "edge_answer_"
+LEG_LABELS = ("direction", "transport")  # of the leg families, in LegKey order
 MAX_REASON_LABELS = 64  # hang-up reasons come from code and SIP codes; a cap guards against surprises
 OTHER = "other"
 
@@ -321,200 +328,161 @@ def _overload(registrar: Any, native: Mapping[str, Any]) -> OverloadGauge:
                          getattr(state, "loop_lag_ms", None), refusals)
 
 
-# ---- Prometheus text exposition format 0.0.4 -------------------------------------------------------
-@dataclass
-class _Family:
-    name: str
-    kind: str  # counter | gauge | histogram | summary
-    help: str
-    samples: list[tuple[str, Mapping[str, str], float]] = field(default_factory=list)
+# ---- Prometheus exposition (written by prometheus_client) ----------------------------------------
+class SnapshotCollector:
+    """The Prometheus families of one snapshot, as a prometheus_client custom collector: with no
+    snapshot at all, only staleness and the process. Counter names passed with `_total` are
+    exposed as given; no `_created` samples (none is given)."""
 
-    def add(self, value: float, labels: Mapping[str, Any] | None = None, suffix: str = "") -> "_Family":
-        self.samples.append((self.name + suffix, {k: str(v) for k, v in (labels or {}).items()}, value))
-        return self
+    def __init__(self, snap: MetricsSnapshot | None, *, stale: bool, process: ProcessGauge | None = None) -> None:
+        self.snap, self.stale = snap, stale
+        self.process = process or (snap.process if snap is not None else read_process())
 
-
-def escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("softswitch_metrics_stale",
+                                "1 when the UA thread did not answer in time and these figures are the last ones it gave",
+                                value=1 if self.stale else 0)
+        if self.snap is not None:
+            yield from _snapshot_families(self.snap)
+        yield from _process_families(self.process)
 
 
-def format_value(value: float) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
+def render_prometheus(snap: MetricsSnapshot | None, *, stale: bool, process: ProcessGauge | None = None) -> bytes:
+    """The text exposition of one snapshot, from a registry of its own (never the global one)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snap, stale=stale, process=process))
+    return generate_latest(registry)
 
 
-def render_families(families: Iterable[_Family]) -> str:
-    lines = []
-    for fam in families:
-        lines.append(f"# HELP {fam.name} {escape_help(fam.help)}")
-        lines.append(f"# TYPE {fam.name} {fam.kind}")
-        for name, labels, value in fam.samples:
-            if labels:
-                inner = ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items())
-                lines.append(f"{name}{{{inner}}} {format_value(value)}")
-            else:
-                lines.append(f"{name} {format_value(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def histogram(fam: _Family, bounds: Iterable[float], counts: Iterable[int], total: float,
-              labels: Mapping[str, Any] | None = None) -> _Family:
-    """Per-bucket counts (the last above every bound) as cumulative `le` buckets ending in +Inf."""
-    bounds, counts = list(bounds), list(counts)
-    running = 0
-    for bound, n in zip(bounds, counts):
-        running += n
-        fam.add(running, {**(labels or {}), "le": format_value(float(bound))}, "_bucket")
-    running += sum(counts[len(bounds):])
-    fam.add(running, {**(labels or {}), "le": "+Inf"}, "_bucket")
-    fam.add(total, labels, "_sum")
-    fam.add(running, labels, "_count")
+def _labelled(family: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, help_text: str,
+              labels: Sequence[str], samples: Iterable[tuple[Sequence[Any], float]]) -> Metric:
+    """One family of labelled samples: (label values in `labels` order, value)."""
+    fam = family(name, help_text, labels=labels)
+    for values, value in samples:
+        fam.add_metric([str(v) for v in values], value)
     return fam
 
 
-def _leg_labels(key: LegKey) -> dict[str, str]:
-    return {"direction": key[0], "transport": key[1]}
+def cumulative_buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts (the last above every bound) as cumulative `le` buckets ending in +Inf."""
+    buckets: list[tuple[str, float]] = []
+    running = 0
+    for bound, n in zip(bounds, counts):
+        running += n
+        buckets.append((floatToGoString(bound), running))
+    buckets.append(("+Inf", running + sum(counts[len(bounds):])))
+    return buckets
 
 
-def families(snap: MetricsSnapshot | None, *, stale: bool, process: ProcessGauge | None = None) -> list[_Family]:
-    """Every metric family of a snapshot; with no snapshot at all, only staleness and the process."""
-    out = [_Family("softswitch_metrics_stale", "gauge",
-                   "1 when the UA thread did not answer in time and these figures are the last ones it gave")
-           .add(1 if stale else 0)]
-    process = process or (snap.process if snap is not None else read_process())
-    if snap is not None:
-        out.append(_Family("softswitch_info", "gauge", "Version of the running softswitch").add(1, {"version": snap.version}))
-        out.append(_Family("softswitch_uptime_seconds", "gauge", "Seconds since the server started").add(snap.uptime_s))
-        legs = [("softswitch_legs_created_total", "Legs created (SIP and AI), by direction and transport", snap.legs_created),
-                ("softswitch_legs_ended_total", "Legs ended, by direction and transport", snap.legs_ended),
-                ("softswitch_legs_answered_total", "Legs answered (calls connected), by direction and transport",
-                 snap.legs_answered)]
-        for name, help_text, counts in legs:
-            fam = _Family(name, "counter", help_text)
-            for key, n in sorted(counts.items()):
-                fam.add(n, _leg_labels(key))
-            out.append(fam)
-        fam = _Family("softswitch_leg_hangups_total", "counter", "Ended legs by hang-up reason")
-        for reason, n in sorted(snap.hangups.items()):
-            fam.add(n, {"reason": reason})
-        out.append(fam)
-        fam = _Family("softswitch_legs_active", "gauge", "Live legs, by direction and transport")
-        for key in sorted({("inbound", "sip"), ("outbound", "sip"), ("outbound", "websocket"), *snap.legs_active}):
-            fam.add(snap.legs_active.get(key, 0), _leg_labels(key))
-        out.append(fam)
-        out.append(_Family("softswitch_inbound_calls_active", "gauge", "Live inbound SIP calls")
-                   .add(snap.inbound_calls_active))
-        out.append(_Family("softswitch_ai_legs_active", "gauge", "Live AI voice legs").add(snap.ai_legs_active))
-        out.append(_Family("softswitch_registrations", "gauge", "Live registration bindings (phones and dynamic trunks)")
-                   .add(snap.registrations))
-        out.append(_Family("softswitch_registered_extensions", "gauge", "Extensions with at least one live binding")
-                   .add(len(snap.registered_extensions)))
-        fam = _Family("softswitch_trunk_registered", "gauge",
-                      "1 when softswitch's registration at a connection is live (connections that register)")
-        for t in snap.trunks:
-            if t.register:
-                fam.add(1 if t.registered else 0, {"connection": t.connection})
-        out.append(fam)
-        size = _Family("softswitch_queue_size", "gauge", "Queue entries, live callers plus callbacks pending")
-        waiting = _Family("softswitch_queue_waiting", "gauge", "Callers on the line waiting in a queue")
-        callbacks = _Family("softswitch_queue_callbacks_pending", "gauge", "Queue entries waiting for a callback")
-        longest = _Family("softswitch_queue_longest_wait_seconds", "gauge", "Wait so far of the longest-waiting entry (caller or callback)")
-        waits = _Family("softswitch_queue_wait_seconds", "summary", "Completed queue waits (until an operator answered)")
-        for q in snap.queues:
-            labels = {"flow": q.flow, "queue": q.ref}
-            size.add(q.size, labels)
-            waiting.add(q.live, labels)
-            callbacks.add(q.callbacks, labels)
-            longest.add(q.longest_wait_s, labels)
-            waits.add(q.wait_sum_s, labels, "_sum").add(q.completed_count, labels, "_count")
-        out += [size, waiting, callbacks, longest, waits]
-        out.append(_Family("softswitch_recordings_active", "gauge", "Call recordings being written")
-                   .add(snap.recordings_active))
-        if snap.recordings_finished is not None:
-            out.append(_Family("softswitch_recordings_finished_total", "counter", "Call recordings finalized")
-                       .add(snap.recordings_finished))
-        out.append(_Family("softswitch_recording_failures_total", "counter",
-                           "Recordings stopped by a disk error (full or read-only recordings disk)")
-                   .add(snap.recording_failures))
-        if snap.recording_health is not None:
-            out.append(_Family("softswitch_recordings_failing", "gauge",
-                               "1 from a recording's disk error until a recording started after it writes audio")
-                       .add(1 if snap.recording_health["failing"] else 0))
-        out.append(_Family("softswitch_flow_executions_active", "gauge",
-                           "Flow executions with a node running or waiting").add(snap.executions_active))
-        fam = _Family("softswitch_errors_total", "counter", "Log records at ERROR or above, by logger")
-        for logger, n in sorted(snap.errors.items()):
-            fam.add(n, {"logger": logger})
-        out.append(fam)
-        fam = _Family("softswitch_sip_responses_total", "counter", "SIP responses sent and received, by status code")
-        for (direction, code), n in sorted(snap.sip_responses.items()):
-            fam.add(n, {"direction": direction, "code": code})
-        out.append(fam)
-        fam = _Family("softswitch_registrar_events_total", "counter",
-                      "The SIP edge's counters: REGISTERs, challenges, auth failures, INVITEs passed, refused, dropped")
-        for event, n in sorted(snap.registrar.items()):
-            fam.add(n, {"event": event})
-        out.append(fam)
-        fam = _Family("softswitch_security_decisions_total", "counter",
-                      "The SIP edge's decisions: sources blocked, requests dropped, trunk addresses left unblocked")
-        for decision, n in sorted(snap.security.items()):
-            fam.add(n, {"decision": decision})
-        out.append(fam)
-        conn = snap.connections
-        fam = _Family("softswitch_sip_connections_open", "gauge", "Incoming SIP connections open now, by transport")
-        fam.add(conn.tcp, {"transport": "tcp"}).add(conn.tls, {"transport": "tls"})
-        out.append(fam)
-        out.append(_Family("softswitch_sip_connections_trusted", "gauge",
-                           "Incoming connections over which a REGISTER succeeded or a call was admitted")
-                   .add(conn.trusted))
-        out.append(_Family("softswitch_sip_connections_pending", "gauge",
-                           "Incoming connections without a complete request yet, or with one in progress")
-                   .add(conn.pending))
-        out.append(_Family("softswitch_sip_connections_accepted_total", "counter",
-                           "Incoming TCP and TLS connections accepted").add(conn.accepted))
-        fam = _Family("softswitch_sip_connections_closed_total", "counter",
-                      "Incoming connections the TCP guard closed, by reason")
-        for reason, n in sorted(conn.closed.items()):
-            fam.add(n, {"reason": reason})
-        out.append(fam)
-        fam = _Family("softswitch_overload_refusals_total", "counter", "New calls refused with 503 by overload control")
-        for reason, n in sorted(snap.overload.refusals.items()):
-            fam.add(n, {"reason": reason})
-        out.append(fam)
-        if snap.overload.overloaded is not None:
-            out.append(_Family("softswitch_overloaded", "gauge", "1 while overload control refuses new calls")
-                       .add(1 if snap.overload.overloaded else 0))
-        out.append(_Family("softswitch_cpu_percent", "gauge", "Process CPU over the last scrape interval (100 = one core)")
-                   .add(snap.cpu_percent))
-        lag = snap.loop_lag
-        out.append(histogram(_Family("softswitch_loop_lag_seconds", "histogram",
-                                     "How late UA loop turns ran beyond their 10 ms poll"),
-                             [b / 1000.0 for b in lag.buckets_ms], lag.bucket_counts, lag.sum_s))
-        out.append(_Family("softswitch_loop_lag_recent_max_seconds", "gauge", "Worst UA loop lag in the last second")
-                   .add(lag.recent_max_s))
-    out.append(_Family("softswitch_process_cpu_seconds_total", "counter", "CPU time of the process, all threads")
-               .add(process.cpu_seconds))
+def _snapshot_families(snap: MetricsSnapshot) -> Iterator[Metric]:
+    yield _labelled(GaugeMetricFamily, "softswitch_info", "Version of the running softswitch", ["version"],
+                    [((snap.version,), 1)])
+    yield GaugeMetricFamily("softswitch_uptime_seconds", "Seconds since the server started", value=snap.uptime_s)
+    legs = [("softswitch_legs_created_total", "Legs created (SIP and AI), by direction and transport", snap.legs_created),
+            ("softswitch_legs_ended_total", "Legs ended, by direction and transport", snap.legs_ended),
+            ("softswitch_legs_answered_total", "Legs answered (calls connected), by direction and transport",
+             snap.legs_answered)]
+    for name, help_text, counts in legs:
+        yield _labelled(CounterMetricFamily, name, help_text, LEG_LABELS, sorted(counts.items()))
+    yield _labelled(CounterMetricFamily, "softswitch_leg_hangups_total", "Ended legs by hang-up reason", ["reason"],
+                    (((reason,), n) for reason, n in sorted(snap.hangups.items())))
+    active_keys = sorted({("inbound", "sip"), ("outbound", "sip"), ("outbound", "websocket"), *snap.legs_active})
+    yield _labelled(GaugeMetricFamily, "softswitch_legs_active", "Live legs, by direction and transport", LEG_LABELS,
+                    ((key, snap.legs_active.get(key, 0)) for key in active_keys))
+    yield GaugeMetricFamily("softswitch_inbound_calls_active", "Live inbound SIP calls", value=snap.inbound_calls_active)
+    yield GaugeMetricFamily("softswitch_ai_legs_active", "Live AI voice legs", value=snap.ai_legs_active)
+    yield GaugeMetricFamily("softswitch_registrations", "Live registration bindings (phones and dynamic trunks)",
+                            value=snap.registrations)
+    yield GaugeMetricFamily("softswitch_registered_extensions", "Extensions with at least one live binding",
+                            value=len(snap.registered_extensions))
+    yield _labelled(GaugeMetricFamily, "softswitch_trunk_registered",
+                    "1 when softswitch's registration at a connection is live (connections that register)",
+                    ["connection"], (((t.connection,), 1 if t.registered else 0) for t in snap.trunks if t.register))
+    yield from _queue_families(snap.queues)
+    yield GaugeMetricFamily("softswitch_recordings_active", "Call recordings being written", value=snap.recordings_active)
+    if snap.recordings_finished is not None:
+        yield CounterMetricFamily("softswitch_recordings_finished_total", "Call recordings finalized",
+                                  value=snap.recordings_finished)
+    yield CounterMetricFamily("softswitch_recording_failures_total",
+                              "Recordings stopped by a disk error (full or read-only recordings disk)",
+                              value=snap.recording_failures)
+    if snap.recording_health is not None:
+        yield GaugeMetricFamily("softswitch_recordings_failing",
+                                "1 from a recording's disk error until a recording started after it writes audio",
+                                value=1 if snap.recording_health["failing"] else 0)
+    yield GaugeMetricFamily("softswitch_flow_executions_active", "Flow executions with a node running or waiting",
+                            value=snap.executions_active)
+    yield _labelled(CounterMetricFamily, "softswitch_errors_total", "Log records at ERROR or above, by logger",
+                    ["logger"], (((logger,), n) for logger, n in sorted(snap.errors.items())))
+    yield _labelled(CounterMetricFamily, "softswitch_sip_responses_total",
+                    "SIP responses sent and received, by status code", ["direction", "code"],
+                    sorted(snap.sip_responses.items()))
+    yield _labelled(CounterMetricFamily, "softswitch_registrar_events_total",
+                    "The SIP edge's counters: REGISTERs, challenges, auth failures, INVITEs passed, refused, dropped",
+                    ["event"], (((event,), n) for event, n in sorted(snap.registrar.items())))
+    yield _labelled(CounterMetricFamily, "softswitch_security_decisions_total",
+                    "The SIP edge's decisions: sources blocked, requests dropped, trunk addresses left unblocked",
+                    ["decision"], (((decision,), n) for decision, n in sorted(snap.security.items())))
+    yield from _connection_families(snap.connections)
+    yield _labelled(CounterMetricFamily, "softswitch_overload_refusals_total",
+                    "New calls refused with 503 by overload control", ["reason"],
+                    (((reason,), n) for reason, n in sorted(snap.overload.refusals.items())))
+    if snap.overload.overloaded is not None:
+        yield GaugeMetricFamily("softswitch_overloaded", "1 while overload control refuses new calls",
+                                value=1 if snap.overload.overloaded else 0)
+    yield GaugeMetricFamily("softswitch_cpu_percent", "Process CPU over the last scrape interval (100 = one core)",
+                            value=snap.cpu_percent)
+    lag = snap.loop_lag
+    yield HistogramMetricFamily("softswitch_loop_lag_seconds", "How late UA loop turns ran beyond their 10 ms poll",
+                                buckets=cumulative_buckets([b / 1000.0 for b in lag.buckets_ms], lag.bucket_counts),
+                                sum_value=lag.sum_s)
+    yield GaugeMetricFamily("softswitch_loop_lag_recent_max_seconds", "Worst UA loop lag in the last second",
+                            value=lag.recent_max_s)
+
+
+def _queue_families(queues: Sequence[QueueGauge]) -> Iterator[Metric]:
+    labels = ["flow", "queue"]
+    size = GaugeMetricFamily("softswitch_queue_size", "Queue entries, live callers plus callbacks pending", labels=labels)
+    waiting = GaugeMetricFamily("softswitch_queue_waiting", "Callers on the line waiting in a queue", labels=labels)
+    callbacks = GaugeMetricFamily("softswitch_queue_callbacks_pending", "Queue entries waiting for a callback",
+                                  labels=labels)
+    longest = GaugeMetricFamily("softswitch_queue_longest_wait_seconds",
+                                "Wait so far of the longest-waiting entry (caller or callback)", labels=labels)
+    waits = SummaryMetricFamily("softswitch_queue_wait_seconds", "Completed queue waits (until an operator answered)",
+                                labels=labels)
+    for q in queues:
+        values = [q.flow, q.ref]
+        size.add_metric(values, q.size)
+        waiting.add_metric(values, q.live)
+        callbacks.add_metric(values, q.callbacks)
+        longest.add_metric(values, q.longest_wait_s)
+        waits.add_metric(values, count_value=q.completed_count, sum_value=q.wait_sum_s)
+    yield from (size, waiting, callbacks, longest, waits)
+
+
+def _connection_families(conn: ConnectionGauge) -> Iterator[Metric]:
+    yield _labelled(GaugeMetricFamily, "softswitch_sip_connections_open", "Incoming SIP connections open now, by transport",
+                    ["transport"], [(("tcp",), conn.tcp), (("tls",), conn.tls)])
+    yield GaugeMetricFamily("softswitch_sip_connections_trusted",
+                            "Incoming connections over which a REGISTER succeeded or a call was admitted",
+                            value=conn.trusted)
+    yield GaugeMetricFamily("softswitch_sip_connections_pending",
+                            "Incoming connections without a complete request yet, or with one in progress",
+                            value=conn.pending)
+    yield CounterMetricFamily("softswitch_sip_connections_accepted_total", "Incoming TCP and TLS connections accepted",
+                              value=conn.accepted)
+    yield _labelled(CounterMetricFamily, "softswitch_sip_connections_closed_total",
+                    "Incoming connections the TCP guard closed, by reason", ["reason"],
+                    (((reason,), n) for reason, n in sorted(conn.closed.items())))
+
+
+def _process_families(process: ProcessGauge) -> Iterator[Metric]:
+    yield CounterMetricFamily("softswitch_process_cpu_seconds_total", "CPU time of the process, all threads",
+                              value=process.cpu_seconds)
     if process.rss_bytes is not None:
-        out.append(_Family("softswitch_process_resident_memory_bytes", "gauge", "Resident memory")
-                   .add(process.rss_bytes))
+        yield GaugeMetricFamily("softswitch_process_resident_memory_bytes", "Resident memory", value=process.rss_bytes)
     if process.open_fds is not None:
-        out.append(_Family("softswitch_process_open_fds", "gauge", "Open file descriptors").add(process.open_fds))
-    return out
-
-
-def render_prometheus(snap: MetricsSnapshot | None, *, stale: bool, process: ProcessGauge | None = None) -> str:
-    return render_families(families(snap, stale=stale, process=process))
+        yield GaugeMetricFamily("softswitch_process_open_fds", "Open file descriptors", value=process.open_fds)
 
 
 # ---- status JSON --------------------------------------------------------------------------------

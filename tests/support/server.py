@@ -18,10 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.ports import free_port, free_port_block
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def sample_key(name: str, labels: dict[str, str]) -> str:
+    """A sample as `name{label="v",...}` with its labels in name order (as prometheus_client writes them)."""
+    inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    return f"{name}{{{inner}}}" if labels else name
 
 
 def write_test_config(tmp: Path, **sections: dict) -> Path:
@@ -153,15 +160,11 @@ class ServerProcess:
         return json.loads(body)
 
     def metrics(self) -> dict[str, float]:
-        """GET /metrics as {'name{label="v",...}': value} (the exposition's sample lines)."""
+        """GET /metrics as {'name{label="v",...}': value}, parsed, labels in name order."""
         code, body = self.http_get("/metrics")
         assert code == 200, (code, body)
-        samples = {}
-        for line in body.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                samples[name] = float(value)
-        return samples
+        return {sample_key(s.name, s.labels): s.value
+                for family in text_string_to_metric_families(body) for s in family.samples}
 
     def wait_for_log(self, needle: str, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
