@@ -33,12 +33,6 @@ struct ss_ka_probe {
 static ss_ka_t *the_keepalive;
 static pjsip_module ka_mod = {NULL, NULL, {"mod-softswitch-keepalive", 24}, -1, PJSIP_MOD_PRIORITY_APPLICATION};
 
-static pj_uint64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (pj_uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void report(ss_ka_t *ka, ss_ka_probe_t *p, int answered, int code) {
     if (p->reported) return;
     p->reported = 1;
@@ -125,7 +119,7 @@ pj_status_t ss_ka_send_options(ss_ka_t *ka, const char *username, pj_uint64_t bi
     snprintf(p->username, sizeof(p->username), "%s", username);
     p->binding_id = binding_id;
     p->tsx = tsx;
-    p->deadline = mono_ms() + answer_ms;
+    p->deadline = ss_monotonic_ms() + answer_ms;
     p->next = ka->probes;
     ka->probes = p;
     tsx->mod_data[ka_mod.id] = p;
@@ -165,7 +159,7 @@ pj_status_t ss_ka_send_crlf(ss_ka_t *ka, const char *ip, int port, const char *t
 
 void ss_ka_expire_probes(ss_ka_t *ka) {
     if (!ka->probes) return;
-    pj_uint64_t now = mono_ms();
+    pj_uint64_t now = ss_monotonic_ms();
     for (ss_ka_probe_t *p = ka->probes, *next; p; p = next) {
         next = p->next; /* terminating may destroy (and free) p, never another probe */
         if (p->reported || now < p->deadline) continue;

@@ -8,6 +8,12 @@
  * per-connection level (pjmedia_conf_adjust_conn_level) is only reachable through it. */
 #include <pjsua-lib/pjsua_internal.h>
 
+pj_uint64_t ss_monotonic_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (pj_uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 int ss_is_pj_thread(void) { return pj_thread_is_registered() ? 1 : 0; }
 
 int ss_require_pj_thread(void) {

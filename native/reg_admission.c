@@ -37,7 +37,7 @@ static const trunk_t *match_trunk(RegistrarObject *r, pjsip_rx_data *rdata) {
 
 /* A dynamic trunk is recognised by a live binding of its credentials at the INVITE's source. */
 static const aor_t *match_dynamic_trunk(RegistrarObject *r, pjsip_rx_data *rdata, user_t **user) {
-    pj_uint64_t now = ss_reg_now_ms();
+    pj_uint64_t now = ss_monotonic_ms();
     for (int i = 0; i < 1024; i++)
         for (user_t *u = r->users[i]; u; u = u->next) {
             if (strncmp(u->group, "trunk:", 6) != 0) continue;
@@ -76,7 +76,7 @@ static void remember_classification(RegistrarObject *r, pjsip_rx_data *rdata, co
     s->ref = strdup(ref);
     s->extension = extension ? strdup(extension) : NULL;
     s->group = group ? strdup(group) : NULL;
-    s->at = ss_reg_now_ms();
+    s->at = ss_monotonic_ms();
 }
 
 /* ---- overload control -------------------------------------------------------------------------- */
@@ -94,7 +94,7 @@ static int overload_refusal(RegistrarObject *r, refusal_t *why) {
         return 1;
     }
     if (r->cps > 0) {
-        pj_uint64_t now = ss_reg_now_ms();
+        pj_uint64_t now = ss_monotonic_ms();
         double burst = r->cps < 1.0 ? 1.0 : r->cps;
         r->cps_tokens += (double)(now - r->cps_at) / 1000.0 * r->cps;
         if (r->cps_tokens > burst) r->cps_tokens = burst;
@@ -252,7 +252,7 @@ pj_bool_t ss_reg_on_rx_request(pjsip_rx_data *rdata) {
             /* Over the flood limit: the source is ignored for the block time, at once. */
             r->n_dropped++;
             r->n_security[SEC_BLOCKED_FLOOD]++;
-            src->blocked_until = ss_reg_now_ms() + (pj_uint64_t)r->block_seconds * 1000;
+            src->blocked_until = ss_monotonic_ms() + (pj_uint64_t)r->block_seconds * 1000;
             ss_reg_security_event(r, "flood_blocked", rdata, "request rate over the flood limit");
             return PJ_TRUE;
         }

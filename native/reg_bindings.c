@@ -28,7 +28,7 @@ void ss_reg_binding_free(binding_t *b) {
 }
 
 PyObject *ss_reg_binding_dict(aor_t *a, binding_t *b) {
-    pj_uint64_t now = ss_reg_now_ms();
+    pj_uint64_t now = ss_monotonic_ms();
     long remaining = b->expires_at > now ? (long)((b->expires_at - now + 999) / 1000) : 0;
     PyObject *d = Py_BuildValue("{s:s,s:s,s:s,s:s,s:l,s:K,s:s,s:i,s:s,s:s,s:O,s:d,s:s}", "username", a->username,
                          "extension", a->extension, "group", a->group, "contact", b->contact, "expires",
@@ -70,7 +70,7 @@ static int contact_is_natted(const pjsip_uri *uri, pjsip_rx_data *rdata) {
 
 static void add_contacts_to_response(aor_t *a, pjsip_tx_data *tdata) {
     if (!a) return;
-    pj_uint64_t now = ss_reg_now_ms();
+    pj_uint64_t now = ss_monotonic_ms();
     for (int i = 0; i < a->count; i++) {
         binding_t *b = &a->contacts[i];
         char line[1200];
@@ -212,7 +212,7 @@ void ss_reg_handle_register(RegistrarObject *r, pjsip_rx_data *rdata, source_slo
             }
             b->call_id = ss_reg_dup_pjstr(call_id);
             b->cseq = cseq;
-            b->expires_at = ss_reg_now_ms() + (pj_uint64_t)exp * 1000;
+            b->expires_at = ss_monotonic_ms() + (pj_uint64_t)exp * 1000;
             b->q1000 = c->q1000 > 0 ? c->q1000 : 1000;
             snprintf(b->source_ip, sizeof(b->source_ip), "%s", rdata->pkt_info.src_name);
             b->source_port = rdata->pkt_info.src_port;

@@ -6,12 +6,6 @@
 
 /* ---- small helpers ----------------------------------------------------------------------- */
 
-pj_uint64_t ss_reg_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (pj_uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 pj_uint64_t ss_reg_wall_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -153,14 +147,14 @@ static void cache_response(RegistrarObject *r, pjsip_rx_data *rdata, pjsip_tx_da
     pjsip_tx_data_add_ref(tdata);
     slot->tdata = tdata;
     slot->key = key;
-    slot->at = ss_reg_now_ms();
+    slot->at = ss_monotonic_ms();
 }
 
 /* 1 when rdata is a retransmission we answered already (the cached answer is sent again). */
 int ss_reg_resend_cached(RegistrarObject *r, pjsip_rx_data *rdata) {
     pj_uint32_t key = retrans_key(rdata);
     retrans_slot_t *slot = &r->retrans[key % RETRANS_SLOTS];
-    if (!slot->tdata || slot->key != key || ss_reg_now_ms() - slot->at > 32000) return 0;
+    if (!slot->tdata || slot->key != key || ss_monotonic_ms() - slot->at > 32000) return 0;
     pjsip_response_addr addr;
     if (pjsip_get_response_addr(slot->tdata->pool, rdata, &addr) != PJ_SUCCESS) return 0;
     pjsip_tx_data_add_ref(slot->tdata);

@@ -43,7 +43,7 @@ static int check_nonce(RegistrarObject *r, const pj_str_t *nonce, const char *sr
 /* nc must grow for each nonce; a retransmission (same Via branch) may repeat it. */
 static int nc_fresh(RegistrarObject *r, const pj_str_t *nonce, unsigned long nc, pj_uint32_t branch) {
     pj_uint32_t key = ss_reg_fnv1a(nonce->ptr, (size_t)nonce->slen);
-    pj_uint64_t now = ss_reg_now_ms();
+    pj_uint64_t now = ss_monotonic_ms();
     nonce_slot_t *s = &r->nonces[key % NONCE_SLOTS];
     if (s->key != key || now - s->seen_ms > (pj_uint64_t)r->nonce_ttl * 1000 + 60000) {
         s->key = key;

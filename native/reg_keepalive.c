@@ -21,7 +21,7 @@ void ss_reg_keepalive_on_register(RegistrarObject *r, aor_t *a, binding_t *b, in
     ss_ka_t *ka = &r->keepalive;
     if (is_new || !b->ka.id) {
         b->ka.id = ++ka->next_id;
-        b->ka.next_at = ss_reg_now_ms() + ka->interval_ms;
+        b->ka.next_at = ss_monotonic_ms() + ka->interval_ms;
         return;
     }
     b->ka.failures = 0;

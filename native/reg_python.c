@@ -22,7 +22,7 @@ static PyObject *Registrar_keepalive(RegistrarObject *self, PyObject *unused) {
     ss_ka_t *ka = &self->keepalive;
     ss_ka_expire_probes(ka);
     if (ka->method == SS_KA_OFF) return PyLong_FromLong(0);
-    pj_uint64_t now = ss_reg_now_ms();
+    pj_uint64_t now = ss_monotonic_ms();
     unsigned answer_ms = ka->interval_ms < 32000 ? ka->interval_ms : 32000;
     long n = 0;
     for (int i = 0; i < 4096; i++)
@@ -141,7 +141,7 @@ static int Registrar_init(RegistrarObject *self, PyObject *args, PyObject *kwds)
     self->count_mod.on_rx_response = &ss_reg_count_on_rx_response;
     self->count_mod.on_tx_response = &ss_reg_count_on_tx_response;
     self->retry_after = 5;
-    self->cps_at = ss_reg_now_ms();
+    self->cps_at = ss_monotonic_ms();
     pjsip_endpoint *endpt = pjsua_get_pjsip_endpt();
     pj_status_t st = pjsip_endpt_register_module(endpt, &self->mod);
     if (st != PJ_SUCCESS) {
@@ -380,7 +380,7 @@ static PyObject *Registrar_set_refused_user_agents(RegistrarObject *self, PyObje
 /* expire() -> number of bindings that expired now (each also queued as an "expired" event). */
 static PyObject *Registrar_expire(RegistrarObject *self, PyObject *unused) {
     UA_ONLY(NULL);
-    pj_uint64_t now = ss_reg_now_ms();
+    pj_uint64_t now = ss_monotonic_ms();
     long n = 0;
     for (int i = 0; i < 4096; i++)
         for (aor_t *a = self->aors[i]; a; a = a->next)
@@ -412,7 +412,7 @@ static PyObject *Registrar_bindings(RegistrarObject *self, PyObject *args) {
     const char *username = NULL;
     if (!PyArg_ParseTuple(args, "|z", &username)) return NULL;
     PyObject *list = PyList_New(0);
-    pj_uint64_t now = ss_reg_now_ms();
+    pj_uint64_t now = ss_monotonic_ms();
     for (int i = 0; i < 4096 && list; i++)
         for (aor_t *a = self->aors[i]; a; a = a->next) {
             if (username && strcmp(username, a->username) != 0) continue;
@@ -456,7 +456,7 @@ static PyObject *Registrar_unblock(RegistrarObject *self, PyObject *arg) {
 static PyObject *Registrar_blocked_sources(RegistrarObject *self, PyObject *unused) {
     UA_ONLY(NULL);
     PyObject *list = PyList_New(0);
-    pj_uint64_t now = ss_reg_now_ms();
+    pj_uint64_t now = ss_monotonic_ms();
     for (int i = 0; i < SOURCE_SLOTS && list; i++)
         if (self->sources[i].ip[0] && self->sources[i].blocked_until > now) {
             PyObject *item = Py_BuildValue("(sd)", self->sources[i].ip,
@@ -515,7 +515,7 @@ static PyObject *Registrar_configure_limits(RegistrarObject *self, PyObject *arg
     if (cps != self->cps) {
         self->cps = cps;
         self->cps_tokens = cps < 1.0 ? 1.0 : cps; /* a new limit starts with a full bucket */
-        self->cps_at = ss_reg_now_ms();
+        self->cps_at = ss_monotonic_ms();
     }
     Py_RETURN_NONE;
 }

@@ -8,7 +8,7 @@
 
 static int nat_source(RegistrarObject *r, const char *ip, int port) {
     if (!r->nat_bindings) return 0;
-    pj_uint64_t now = ss_reg_now_ms();
+    pj_uint64_t now = ss_monotonic_ms();
     for (int i = 0; i < 4096; i++)
         for (aor_t *a = r->aors[i]; a; a = a->next)
             for (int j = 0; j < a->count; j++) {

@@ -7,7 +7,7 @@
 
 source_slot_t *ss_reg_source_of(RegistrarObject *r, const char *ip) {
     pj_uint32_t h = ss_reg_fnv1a(ip, strlen(ip));
-    pj_uint64_t now = ss_reg_now_ms();
+    pj_uint64_t now = ss_monotonic_ms();
     for (int probe = 0; probe < 8; probe++) {
         source_slot_t *s = &r->sources[(h + probe) % SOURCE_SLOTS];
         if (strcmp(s->ip, ip) == 0) {
@@ -33,12 +33,12 @@ source_slot_t *ss_reg_source_of(RegistrarObject *r, const char *ip) {
     return s;
 }
 
-int ss_reg_source_blocked(RegistrarObject *r, source_slot_t *s) { return s->blocked_until > ss_reg_now_ms(); }
+int ss_reg_source_blocked(RegistrarObject *r, source_slot_t *s) { return s->blocked_until > ss_monotonic_ms(); }
 
 /* Token bucket per source: 0 when this request is over the flood limit. */
 int ss_reg_source_admit(RegistrarObject *r, source_slot_t *s) {
     if (r->flood_rate <= 0) return 1;
-    pj_uint64_t now = ss_reg_now_ms();
+    pj_uint64_t now = ss_monotonic_ms();
     s->tokens += (double)(now - s->tokens_at) / 1000.0 * r->flood_rate;
     if (s->tokens > r->flood_burst) s->tokens = r->flood_burst;
     s->tokens_at = now;
@@ -50,7 +50,7 @@ int ss_reg_source_admit(RegistrarObject *r, source_slot_t *s) {
 /* A trunk address's security events of one kind are logged at most this often (every one is counted). */
 
 int ss_reg_trunk_log_due(pj_uint64_t *logged) {
-    pj_uint64_t now = ss_reg_now_ms();
+    pj_uint64_t now = ss_monotonic_ms();
     if (*logged && now - *logged < TRUNK_LOG_INTERVAL_MS) return 0;
     *logged = now;
     return 1;
@@ -59,7 +59,7 @@ int ss_reg_trunk_log_due(pj_uint64_t *logged) {
 /* Takes a token from `b`: 0 when it is empty (a rate of 0 is no limit). */
 int ss_reg_bucket_take(token_bucket_t *b, double rate, double burst) {
     if (rate <= 0) return 1;
-    pj_uint64_t now = ss_reg_now_ms();
+    pj_uint64_t now = ss_monotonic_ms();
     b->tokens = b->at ? b->tokens + (double)(now - b->at) / 1000.0 * rate : burst;
     if (b->tokens > burst) b->tokens = burst;
     b->at = now;
@@ -71,7 +71,7 @@ int ss_reg_bucket_take(token_bucket_t *b, double rate, double burst) {
 /* Counts one auth failure in the source's window; 1 when it reaches auth_failure_limit (the
  * count then starts again). */
 static int failure_limit_reached(RegistrarObject *r, source_slot_t *s) {
-    pj_uint64_t now = ss_reg_now_ms();
+    pj_uint64_t now = ss_monotonic_ms();
     if (now - s->window_start > (pj_uint64_t)r->fail_window * 1000) {
         s->window_start = now;
         s->failures = 0;
@@ -96,7 +96,7 @@ void ss_reg_auth_failed(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t 
     if (!trunk_address) {
         int blocked = failure_limit_reached(r, s);
         if (blocked) {
-            s->blocked_until = ss_reg_now_ms() + (pj_uint64_t)r->block_seconds * 1000;
+            s->blocked_until = ss_monotonic_ms() + (pj_uint64_t)r->block_seconds * 1000;
             r->n_security[SEC_BLOCKED_AUTH_FAILURES]++;
         }
         ss_reg_security_event(r, blocked ? "auth_failure_blocked" : "auth_failure", rdata, what);
@@ -105,7 +105,7 @@ void ss_reg_auth_failed(RegistrarObject *r, pjsip_rx_data *rdata, source_slot_t 
     r->n_security[SEC_TRUNK_AUTH_FAILURE]++;
     int at_limit = failure_limit_reached(r, s);
     if (at_limit) r->n_security[SEC_TRUNK_NOT_BLOCKED]++;
-    pj_uint64_t now = ss_reg_now_ms();
+    pj_uint64_t now = ss_monotonic_ms();
     if (now < s->failures_quiet_until) return;
     if (at_limit) s->failures_quiet_until = now + (pj_uint64_t)r->fail_window * 1000;
     snprintf(detail, sizeof(detail), "%s; %s", what,
@@ -123,7 +123,7 @@ int ss_reg_is_trunk_address(RegistrarObject *r, const char *ip) {
     for (int i = 0; i < r->ntrunks; i++)
         if (strncmp(r->trunks[i].ip, "token:", 6) != 0 && strcmp(r->trunks[i].ip, ip) == 0) return 1;
     if (!r->ndynamic_trunks) return 0;
-    pj_uint64_t now = ss_reg_now_ms();
+    pj_uint64_t now = ss_monotonic_ms();
     for (int i = 0; i < 1024; i++)
         for (user_t *u = r->users[i]; u; u = u->next) {
             if (strncmp(u->group, "trunk:", 6) != 0) continue;

@@ -233,7 +233,6 @@ typedef enum {
 extern RegistrarObject *ss_reg_the_registrar;
 
 /* reg_common.c (helpers, events, users, responses) */
-pj_uint64_t ss_reg_now_ms(void);
 pj_uint64_t ss_reg_wall_ms(void);
 pj_uint32_t ss_reg_fnv1a(const char *s, size_t n);
 void ss_reg_ascii_only(char *s);

@@ -17,6 +17,9 @@
 extern PyTypeObject FramePortType;
 extern PyTypeObject RegistrarType;
 
+/* Monotonic milliseconds: the one clock every native part times its limits and timeouts by. */
+pj_uint64_t ss_monotonic_ms(void);
+
 int ss_is_pj_thread(void);
 /* Sets a RuntimeError and returns -1 unless called on a thread pjlib knows (the UA thread). */
 int ss_require_pj_thread(void);

@@ -132,12 +132,6 @@ static struct {
     unsigned long long accepted, became_trusted, closed[TG_CLOSE_REASONS], events_dropped;
 } g;
 
-static pj_uint64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (pj_uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static unsigned hash_ptr(const void *p) {
     pj_uint64_t v = (pj_uint64_t)(pj_size_t)p;
     v ^= v >> 33;
@@ -217,7 +211,7 @@ static int guarded(const pjsip_transport *tp) {
 
 /* Whether a limit refusal of ip is reported now; if so, *quiet says how many were not since. */
 static int report_refusal(const char *ip, tg_close_reason_t why, unsigned long *quiet) {
-    pj_uint64_t now = mono_ms();
+    pj_uint64_t now = ss_monotonic_ms();
     unsigned h = (hash_str(ip) ^ (unsigned)why) % TG_QUIET_SLOTS;
     tg_quiet_t *oldest = NULL;
     for (unsigned n = 0; n < TG_QUIET_PROBE; n++) {
@@ -308,7 +302,7 @@ static void schedule_close(void) {
  * the next request, so its clock starts now (a connection that keeps completing requests is
  * never timed out, however its bytes are split). */
 static void update_pending(tg_conn_t *c) {
-    c->pending_since = c->consumed >= c->tp->last_recv_len ? 0 : mono_ms();
+    c->pending_since = c->consumed >= c->tp->last_recv_len ? 0 : ss_monotonic_ms();
 }
 
 /* pjsip got as far as `end` in the receive it is processing now. */
@@ -374,7 +368,7 @@ static void on_connected(pjsip_transport *tp) {
     c->tls = tls;
     snprintf(c->ip, sizeof(c->ip), "%s", ip);
     c->port = port;
-    c->connected_at = mono_ms();
+    c->connected_at = ss_monotonic_ms();
     c->recv_ts = tp->last_recv_ts;
     g.live[tls]++;
     char detail[160];
@@ -425,7 +419,7 @@ static tg_source_t *source_slot(const char *ip) {
 }
 
 static void sweep(void) {
-    pj_uint64_t now = mono_ms();
+    pj_uint64_t now = ss_monotonic_ms();
     if (++g.source_gen == 0) {
         memset(g.sources, 0, sizeof(g.sources));
         g.source_gen = 1;
